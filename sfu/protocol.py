@@ -1,0 +1,262 @@
+"""The signaling protocol: one typed message per JSON object over one WebSocket.
+
+Every message carries a ``type`` and may carry ``v`` (protocol version, default
+:data:`PROTOCOL_VERSION`). Client → server messages are validated with
+:data:`ClientMessage`; server → client messages are the ``Server*`` models below.
+The media worker produces server messages too (events about a room), which is why
+this module lives in ``sfu`` and is shared by both tiers; it depends on pydantic only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Largest WebSocket text frame accepted from a client (an SDP offer is ~10 kB)."""
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes sent in :class:`ErrorMessage`."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TOO_LARGE = "too_large"
+    BAD_TOKEN = "bad_token"
+    TOKEN_EXPIRED = "token_expired"
+    NOT_JOINED = "not_joined"
+    ALREADY_JOINED = "already_joined"
+    NOT_ALLOWED = "not_allowed"
+    BAD_SDP = "bad_sdp"
+    BAD_CANDIDATE = "bad_candidate"
+    UNKNOWN_TRACK = "unknown_track"
+    OUT_OF_ORDER = "out_of_order"
+    WORKER_UNAVAILABLE = "worker_unavailable"
+    INTERNAL = "internal"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int = PROTOCOL_VERSION
+
+
+# --- client → server ---------------------------------------------------------------
+
+
+class JoinMessage(_Message):
+    """First message on a socket: enter the room named in the access token."""
+
+    type: Literal["join"] = "join"
+    token: str
+    name: str | None = Field(default=None, max_length=64, description="display name")
+
+
+class PublishOfferMessage(_Message):
+    """SDP offer for the publish transport (client offers, server answers)."""
+
+    type: Literal["publish_offer"] = "publish_offer"
+    sdp: str = Field(max_length=MAX_MESSAGE_BYTES)
+    tracks: dict[str, TrackInfo] = Field(
+        default_factory=dict, description="per offered MID: what the track is (source, name)"
+    )
+
+
+class SubscribeAnswerMessage(_Message):
+    """SDP answer to the server's latest :class:`SubscribeOfferMessage`."""
+
+    type: Literal["subscribe_answer"] = "subscribe_answer"
+    sdp: str = Field(max_length=MAX_MESSAGE_BYTES)
+    revision: int
+
+
+class IceCandidate(BaseModel):
+    """An ICE candidate as the browser's ``RTCIceCandidate.toJSON()`` gives it."""
+
+    candidate: str = Field(max_length=512)
+    sdpMid: str | None = None  # noqa: N815 (the W3C name, as browsers send it)
+    sdpMLineIndex: int | None = None  # noqa: N815
+
+
+class CandidateMessage(_Message):
+    """A trickled ICE candidate; ``candidate`` null means end of candidates."""
+
+    type: Literal["candidate"] = "candidate"
+    target: Literal["publish", "subscribe"]
+    candidate: IceCandidate | None
+
+
+class MuteMessage(_Message):
+    """Mute or unmute one of the sender's own published tracks."""
+
+    type: Literal["mute"] = "mute"
+    track_id: str
+    muted: bool
+
+
+class LeaveMessage(_Message):
+    type: Literal["leave"] = "leave"
+
+
+class PingMessage(_Message):
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[
+    JoinMessage
+    | PublishOfferMessage
+    | SubscribeAnswerMessage
+    | CandidateMessage
+    | MuteMessage
+    | LeaveMessage
+    | PingMessage,
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE_TYPES = frozenset(
+    {"join", "publish_offer", "subscribe_answer", "candidate", "mute", "leave", "ping"}
+)
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+# --- shared shapes -------------------------------------------------------------------
+
+
+class TrackInfo(BaseModel):
+    """What a publisher says about a track it offers (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["camera", "microphone", "screen", "screen_audio", "unknown"] = "unknown"
+    name: str | None = Field(default=None, max_length=64)
+
+
+class Track(BaseModel):
+    """A published track as other participants see it."""
+
+    track_id: str
+    participant_id: str
+    kind: Literal["audio", "video"]
+    source: str = "unknown"
+    muted: bool = False
+    simulcast: bool = False
+
+
+class Participant(BaseModel):
+    participant_id: str
+    identity: str
+    name: str
+    tracks: list[Track] = Field(default_factory=list)
+
+
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+# --- server → client -----------------------------------------------------------------
+
+
+class JoinedMessage(_Message):
+    """Reply to :class:`JoinMessage`: who you are and who is already here."""
+
+    type: Literal["joined"] = "joined"
+    room: str
+    participant_id: str
+    identity: str
+    can_publish: bool
+    can_subscribe: bool
+    participants: list[Participant]
+    ice_servers: list[IceServer] = Field(default_factory=list)
+
+
+class PublishAnswerMessage(_Message):
+    type: Literal["publish_answer"] = "publish_answer"
+    sdp: str
+    tracks: dict[str, str] = Field(description="per MID: the track id the server assigned")
+
+
+class SubscribeTrack(BaseModel):
+    """What one m-line of a subscribe offer carries."""
+
+    track_id: str
+    participant_id: str
+    kind: Literal["audio", "video"]
+
+
+class SubscribeOfferMessage(_Message):
+    """Server offer for the subscribe transport; answer with ``subscribe_answer``."""
+
+    type: Literal["subscribe_offer"] = "subscribe_offer"
+    sdp: str
+    revision: int
+    tracks: dict[str, SubscribeTrack] = Field(description="per MID: the track it carries")
+
+
+class ServerCandidateMessage(_Message):
+    type: Literal["candidate"] = "candidate"
+    target: Literal["publish", "subscribe"]
+    candidate: IceCandidate | None
+
+
+class ParticipantJoinedMessage(_Message):
+    type: Literal["participant_joined"] = "participant_joined"
+    participant: Participant
+
+
+class ParticipantLeftMessage(_Message):
+    type: Literal["participant_left"] = "participant_left"
+    participant_id: str
+
+
+class TrackPublishedMessage(_Message):
+    type: Literal["track_published"] = "track_published"
+    track: Track
+
+
+class TrackUnpublishedMessage(_Message):
+    type: Literal["track_unpublished"] = "track_unpublished"
+    track_id: str
+    participant_id: str
+
+
+class TrackMutedMessage(_Message):
+    type: Literal["track_muted"] = "track_muted"
+    track_id: str
+    participant_id: str
+    muted: bool
+
+
+class PongMessage(_Message):
+    type: Literal["pong"] = "pong"
+
+
+class ErrorMessage(_Message):
+    """Something the client sent could not be handled; the session goes on unless
+    ``fatal`` is set (then the server closes the socket)."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    request_type: str | None = None
+    fatal: bool = False
+
+
+ServerMessage = (
+    JoinedMessage
+    | PublishAnswerMessage
+    | SubscribeOfferMessage
+    | ServerCandidateMessage
+    | ParticipantJoinedMessage
+    | ParticipantLeftMessage
+    | TrackPublishedMessage
+    | TrackUnpublishedMessage
+    | TrackMutedMessage
+    | PongMessage
+    | ErrorMessage
+)
+
+PublishOfferMessage.model_rebuild()

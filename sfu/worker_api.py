@@ -1,0 +1,65 @@
+"""The interface between the signaling tier and a media worker.
+
+Signaling calls a :class:`MediaWorker` for every client request; the worker pushes
+server messages (events, subscribe offers, candidates) to the participant's
+:data:`EventSink`. The embedded server passes an in-process worker; the Redis
+deployment passes a client that carries the same calls over the bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sfu.protocol import (
+    CandidateMessage,
+    ErrorCode,
+    JoinedMessage,
+    MuteMessage,
+    PublishAnswerMessage,
+    PublishOfferMessage,
+    ServerMessage,
+    SubscribeAnswerMessage,
+)
+
+EventSink = Callable[[ServerMessage], None]
+"""Delivers one server message to a participant's socket; must not block."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a verified access token allows."""
+
+    room: str
+    identity: str
+    name: str
+    can_publish: bool = True
+    can_subscribe: bool = True
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; signaling turns it into an ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class MediaWorker(Protocol):
+    async def join(self, participant_id: str, grant: Grant, sink: EventSink) -> JoinedMessage: ...
+
+    async def publish_offer(
+        self, participant_id: str, message: PublishOfferMessage
+    ) -> PublishAnswerMessage: ...
+
+    async def subscribe_answer(
+        self, participant_id: str, message: SubscribeAnswerMessage
+    ) -> None: ...
+
+    async def add_candidate(self, participant_id: str, message: CandidateMessage) -> None: ...
+
+    async def mute(self, participant_id: str, message: MuteMessage) -> None: ...
+
+    async def leave(self, participant_id: str) -> None: ...
