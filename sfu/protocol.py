@@ -78,8 +78,8 @@ class IceCandidate(BaseModel):
     """An ICE candidate as the browser's ``RTCIceCandidate.toJSON()`` gives it."""
 
     candidate: str = Field(max_length=512)
-    sdpMid: str | None = None  # noqa: N815 (the W3C name, as browsers send it)
-    sdpMLineIndex: int | None = None  # noqa: N815
+    sdpMid: str | None = None  # the W3C names, as browsers send them
+    sdpMLineIndex: int | None = None
 
 
 class CandidateMessage(_Message):
