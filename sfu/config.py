@@ -1,0 +1,47 @@
+"""Settings for every process, from flags, environment (``SFU_*``) or defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "devsecret-change-me-in-production-0123456789"
+
+
+class Settings(BaseSettings):
+    """One settings model shared by the signaling tier and the media worker."""
+
+    model_config = SettingsConfigDict(env_prefix="SFU_", env_file=None, extra="ignore")
+
+    host: str = Field(default="0.0.0.0", description="HTTP/WebSocket bind address")
+    port: int = Field(default=8080, description="HTTP/WebSocket port")
+    ice_addresses: list[str] = Field(
+        default_factory=list,
+        description="addresses the worker gathers ICE host candidates on; "
+        "empty means every interface address plus 127.0.0.1",
+    )
+    announced_ip: str | None = Field(
+        default=None, description="public address written into candidates (behind NAT)"
+    )
+    api_key: str = DEV_API_KEY
+    api_secret: str = DEV_API_SECRET
+    dev_tokens: bool = Field(
+        default=True,
+        description="serve /api/dev-token so the demo page can mint its own tokens",
+    )
+    allow_h264: bool = Field(
+        default=True, description="pass H.264 through when publisher and subscriber offer it"
+    )
+    ice_servers: list[str] = Field(
+        default_factory=list, description="STUN/TURN URLs handed to clients"
+    )
+    reconnect_grace_seconds: float = 10.0
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
