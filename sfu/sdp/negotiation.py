@@ -1,0 +1,430 @@
+"""The media server's side of offer/answer.
+
+On the publish side the server answers a browser's offer (it only receives); on the
+subscribe side it offers (it only sends) and reads the browser's answer. The server is
+always the DTLS server: ``a=setup:passive`` in its answers, ``a=setup:actpass`` in its
+offers, and it expects ``a=setup:active`` back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from sfu.sdp.description import (
+    Codec,
+    HeaderExtension,
+    MediaSection,
+    Rid,
+    SdpError,
+    SessionDescription,
+    Simulcast,
+    SsrcGroup,
+)
+
+RTP_PROTOCOL = "UDP/TLS/RTP/SAVPF"
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+@dataclass(frozen=True)
+class CodecPolicy:
+    """What the server accepts from publishers."""
+
+    rtcp_feedback: frozenset[str]
+    header_extensions: dict[str, frozenset[str]]
+    """Accepted header extension URIs by media kind."""
+    h264_profile_level_id: str
+    """The preferred H264 profile-level-id (constrained baseline 3.1)."""
+
+
+CODEC_POLICY = CodecPolicy(
+    rtcp_feedback=frozenset({"nack", "nack pli", "ccm fir", "goog-remb", "transport-cc"}),
+    header_extensions={
+        "audio": frozenset({MID_URI, AUDIO_LEVEL_URI, ABS_SEND_TIME_URI, TRANSPORT_CC_URI}),
+        "video": frozenset(
+            {MID_URI, RID_URI, REPAIRED_RID_URI, ABS_SEND_TIME_URI, TRANSPORT_CC_URI}
+        ),
+    },
+    h264_profile_level_id="42e01f",
+)
+
+
+@dataclass
+class LocalTransport:
+    """The server's ICE and DTLS parameters for one peer connection."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: list[tuple[str, str]]
+    candidates: list[str]
+    ice_lite: bool = False
+
+
+@dataclass
+class PublishedMedia:
+    """What the server will receive on one accepted m= section of a publish offer."""
+
+    mid: str
+    kind: str
+    codecs: list[Codec]
+    """The accepted codecs: the primary codec first, then its rtx codec if any."""
+    header_extensions: dict[str, int]
+    """Negotiated header extension ids by URI (the offer's ids)."""
+    rids: list[str] = field(default_factory=list)
+    """Simulcast RIDs in the offered order, empty without simulcast."""
+    ssrcs: list[int] = field(default_factory=list)
+    """Media SSRCs from a=ssrc, rtx SSRCs excluded."""
+    rtx_ssrc: dict[int, int] = field(default_factory=dict)
+    """The rtx SSRC by media SSRC, from a=ssrc-group:FID."""
+    msid: str | None = None
+    cname: str | None = None
+
+
+@dataclass
+class OutgoingMedia:
+    """One m= section the server offers to a subscriber."""
+
+    mid: str
+    kind: str
+    codecs: list[Codec]
+    header_extensions: list[HeaderExtension]
+    ssrc: int
+    rtx_ssrc: int | None
+    cname: str
+    stream_id: str
+    track_id: str
+    active: bool = True
+
+
+@dataclass
+class NegotiatedMedia:
+    """What a subscriber accepted for one m= section of the server's offer."""
+
+    mid: str
+    kind: str
+    rejected: bool
+    direction: str
+    codecs: list[Codec]
+    header_extensions: dict[str, int]
+
+
+def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
+    """The server's canonical codecs and payload types for subscribe offers."""
+    if kind == "audio":
+        return [
+            Codec(
+                111,
+                "opus",
+                48000,
+                2,
+                parameters={"minptime": "10", "useinbandfec": "1"},
+                rtcp_feedback=["transport-cc"],
+            )
+        ]
+    if kind != "video":
+        raise ValueError(f"no RTP codecs for media kind {kind!r}")
+    feedback = ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"]
+    codecs = [
+        Codec(96, "VP8", 90000, rtcp_feedback=list(feedback)),
+        Codec(97, "rtx", 90000, parameters={"apt": "96"}),
+    ]
+    if allow_h264:
+        h264_parameters = {
+            "level-asymmetry-allowed": "1",
+            "packetization-mode": "1",
+            "profile-level-id": CODEC_POLICY.h264_profile_level_id,
+        }
+        codecs += [
+            Codec(102, "H264", 90000, parameters=h264_parameters, rtcp_feedback=list(feedback)),
+            Codec(103, "rtx", 90000, parameters={"apt": "102"}),
+        ]
+    return codecs
+
+
+# Publish side: answer the browser's offer.
+
+
+def _accepted_codec(codec: Codec) -> Codec:
+    feedback = [fb for fb in codec.rtcp_feedback if fb in CODEC_POLICY.rtcp_feedback]
+    return replace(codec, parameters=dict(codec.parameters), rtcp_feedback=feedback)
+
+
+def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
+    if media.kind == "audio":
+        return next(
+            (
+                c
+                for c in media.codecs
+                if c.name.lower() == "opus" and c.clock_rate == 48000 and c.channels == 2
+            ),
+            None,
+        )
+    vp8 = next((c for c in media.codecs if c.name.upper() == "VP8"), None)
+    if vp8 is not None or not allow_h264:
+        return vp8
+    h264 = [
+        c
+        for c in media.codecs
+        if c.name.upper() == "H264"
+        and c.parameters.get("packetization-mode") == "1"
+        and "profile-level-id" in c.parameters
+    ]
+    preferred = CODEC_POLICY.h264_profile_level_id
+    h264.sort(key=lambda c: c.parameters["profile-level-id"].lower() != preferred)
+    return h264[0] if h264 else None
+
+
+def _answer_codecs(media: MediaSection, allow_h264: bool) -> list[Codec]:
+    primary = _choose_primary(media, allow_h264)
+    if primary is None:
+        return []
+    codecs = [_accepted_codec(primary)]
+    rtx = next((c for c in media.codecs if c.is_rtx and c.apt == primary.payload_type), None)
+    if rtx is not None:
+        codecs.append(_accepted_codec(rtx))
+    return codecs
+
+
+_ANSWER_EXTENSION_DIRECTION = {None: None, "sendrecv": None, "sendonly": "recvonly"}
+
+
+def _answer_header_extensions(media: MediaSection) -> list[HeaderExtension]:
+    accepted = CODEC_POLICY.header_extensions.get(media.kind, frozenset())
+    return [
+        HeaderExtension(ext.id, ext.uri, _ANSWER_EXTENSION_DIRECTION[ext.direction])
+        for ext in media.header_extensions
+        if ext.uri in accepted and ext.direction in _ANSWER_EXTENSION_DIRECTION
+    ]
+
+
+def _offered_send_rids(media: MediaSection) -> list[list[str]]:
+    """The offer's simulcast send streams, restricted to RIDs declared with a=rid send."""
+    if media.simulcast is None:
+        return []
+    declared = {rid.id for rid in media.rids if rid.direction == "send"}
+    streams = [[rid for rid in stream if rid in declared] for stream in media.simulcast.send]
+    return [stream for stream in streams if stream]
+
+
+def _rejected_section(media: MediaSection) -> MediaSection:
+    return MediaSection(
+        kind=media.kind,
+        port=0,
+        protocol=media.protocol,
+        formats=media.formats[:1],
+        mid=media.mid,
+        direction="inactive",
+        host="0.0.0.0",
+    )
+
+
+def _set_transport(section: MediaSection, local: LocalTransport, setup: str) -> None:
+    section.ice_ufrag = local.ice_ufrag
+    section.ice_pwd = local.ice_pwd
+    section.fingerprints = list(local.fingerprints)
+    section.setup = setup
+    section.candidates = list(local.candidates)
+    section.end_of_candidates = True
+
+
+def _published_media(
+    offered: MediaSection, mid: str, codecs: list[Codec], extensions: list[HeaderExtension]
+) -> PublishedMedia:
+    rtx_ssrc = {
+        group.ssrcs[0]: group.ssrcs[1]
+        for group in offered.ssrc_groups
+        if group.semantics == "FID" and len(group.ssrcs) == 2
+    }
+    repair_ssrcs = set(rtx_ssrc.values())
+    cnames = [attrs["cname"] for attrs in offered.ssrcs.values() if attrs.get("cname")]
+    return PublishedMedia(
+        mid=mid,
+        kind=offered.kind,
+        codecs=codecs,
+        header_extensions={ext.uri: ext.id for ext in extensions},
+        ssrcs=[ssrc for ssrc in offered.ssrcs if ssrc not in repair_ssrcs],
+        rtx_ssrc=rtx_ssrc,
+        msid=offered.msid,
+        cname=cnames[0] if cnames else None,
+    )
+
+
+def _answer_media(
+    offered: MediaSection, local: LocalTransport, bundled: bool, allow_h264: bool
+) -> tuple[MediaSection, PublishedMedia | None]:
+    acceptable = (
+        bundled
+        and offered.kind in ("audio", "video")
+        and offered.port != 0
+        and offered.direction in ("sendonly", "sendrecv")
+        and offered.rtcp_mux
+        and offered.mid is not None
+    )
+    codecs = _answer_codecs(offered, allow_h264) if acceptable else []
+    if not codecs or offered.mid is None:
+        return _rejected_section(offered), None
+    extensions = _answer_header_extensions(offered)
+    answer = MediaSection(
+        kind=offered.kind,
+        port=9,
+        protocol=offered.protocol,
+        formats=[str(codec.payload_type) for codec in codecs],
+        mid=offered.mid,
+        direction="recvonly",
+        host="0.0.0.0",
+        codecs=codecs,
+        header_extensions=extensions,
+        rtcp_mux=True,
+        rtcp_rsize=offered.rtcp_rsize,
+        extmap_allow_mixed=offered.extmap_allow_mixed,
+    )
+    _set_transport(answer, local, "passive")
+    published = _published_media(offered, offered.mid, codecs, extensions)
+    streams = _offered_send_rids(offered)
+    if streams and RID_URI in published.header_extensions:
+        answer.rids = [Rid(rid, "recv") for stream in streams for rid in stream]
+        answer.simulcast = Simulcast(recv=streams)
+        published.rids = [rid.id for rid in answer.rids]
+    return answer, published
+
+
+def create_publish_answer(
+    offer: SessionDescription, local: LocalTransport, allow_h264: bool = False
+) -> tuple[SessionDescription, list[PublishedMedia]]:
+    """Answer a publisher's offer: receive its audio and video, reject everything else.
+
+    Only m= sections in the offer's first BUNDLE group are accepted (the server runs one
+    transport per peer connection). The answer's origin reuses the offer's session id and
+    version, which keeps the answer deterministic and its version increasing.
+    """
+    if not offer.bundle_groups:
+        raise SdpError("the offer has no BUNDLE group; the server requires BUNDLE")
+    bundle = offer.bundle_groups[0]
+    answer = SessionDescription(
+        session_id=offer.session_id,
+        session_version=offer.session_version,
+        ice_lite=local.ice_lite,
+        msid_semantic="WMS",
+        extmap_allow_mixed=offer.extmap_allow_mixed,
+    )
+    published: list[PublishedMedia] = []
+    for offered in offer.media:
+        section, media = _answer_media(offered, local, offered.mid in bundle, allow_h264)
+        answer.media.append(section)
+        if media is not None:
+            published.append(media)
+    accepted = {media.mid for media in published}
+    if accepted:
+        answer.bundle_groups = [[mid for mid in bundle if mid in accepted]]
+    return answer, published
+
+
+# Subscribe side: offer to the browser and read its answer.
+
+
+def _outgoing_section(media: OutgoingMedia, local: LocalTransport) -> MediaSection:
+    section = MediaSection(
+        kind=media.kind,
+        port=9,
+        protocol=RTP_PROTOCOL,
+        formats=[str(codec.payload_type) for codec in media.codecs],
+        mid=media.mid,
+        direction="sendonly" if media.active else "inactive",
+        host="0.0.0.0",
+        codecs=[replace(c, parameters=dict(c.parameters)) for c in media.codecs],
+        header_extensions=[replace(ext) for ext in media.header_extensions],
+        rtcp_mux=True,
+        rtcp_rsize=True,
+    )
+    _set_transport(section, local, "actpass")
+    if media.active:
+        msid = f"{media.stream_id} {media.track_id}"
+        section.msid = msid
+        ssrcs = [media.ssrc] if media.rtx_ssrc is None else [media.ssrc, media.rtx_ssrc]
+        section.ssrcs = {ssrc: {"cname": media.cname, "msid": msid} for ssrc in ssrcs}
+        if media.rtx_ssrc is not None:
+            section.ssrc_groups = [SsrcGroup("FID", ssrcs)]
+    return section
+
+
+def create_subscribe_offer(
+    local: LocalTransport, media: list[OutgoingMedia], session_id: int, session_version: int
+) -> SessionDescription:
+    """Offer a subscriber every outgoing m= section in one BUNDLE group.
+
+    Inactive sections keep their mid and BUNDLE membership so they can be reused later.
+    """
+    mids = [m.mid for m in media]
+    if len(set(mids)) != len(mids):
+        raise SdpError(f"duplicate mids in outgoing media: {mids}")
+    return SessionDescription(
+        session_id=session_id,
+        session_version=session_version,
+        ice_lite=local.ice_lite,
+        bundle_groups=[mids] if mids else [],
+        msid_semantic="WMS *",
+        extmap_allow_mixed=True,
+        media=[_outgoing_section(m, local) for m in media],
+    )
+
+
+def _negotiated_codecs(offered: MediaSection, answered: MediaSection) -> list[Codec]:
+    codecs = []
+    for codec in answered.codecs:
+        ours = offered.codec(codec.payload_type)
+        if ours is None or ours.mime_type.lower() != codec.mime_type.lower():
+            raise SdpError(
+                f"mid {answered.mid!r}: the answer uses payload type {codec.payload_type}"
+                f" ({codec.mime_type}) which was not offered"
+            )
+        codecs.append(codec)
+    return codecs
+
+
+def _negotiated_extensions(offered: MediaSection, answered: MediaSection) -> dict[str, int]:
+    ours = offered.header_extension_ids()
+    for ext in answered.header_extensions:
+        if ours.get(ext.uri) != ext.id:
+            raise SdpError(
+                f"mid {answered.mid!r}: the answer maps {ext.uri} to id {ext.id},"
+                " which does not match the offer"
+            )
+    return answered.header_extension_ids()
+
+
+def parse_subscribe_answer(
+    answer: SessionDescription, offer: SessionDescription
+) -> dict[str, NegotiatedMedia]:
+    """What the subscriber accepted, by mid; raises SdpError if it does not fit the offer."""
+    answer_mids = [m.mid for m in answer.media]
+    offer_mids = [m.mid for m in offer.media]
+    if answer_mids != offer_mids:
+        raise SdpError(f"the answer's mids {answer_mids} do not match the offer's {offer_mids}")
+    negotiated: dict[str, NegotiatedMedia] = {}
+    for offered, answered in zip(offer.media, answer.media, strict=True):
+        if offered.mid is None:
+            raise SdpError("the offer has a media section without a=mid")
+        if answered.kind != offered.kind:
+            raise SdpError(f"mid {offered.mid!r}: the answer changed the media kind")
+        rejected = answered.rejected
+        if not rejected:
+            setup = answer.transport(answered).setup
+            if setup != "active":
+                raise SdpError(
+                    f"mid {offered.mid!r}: the answer has a=setup:{setup}; the server"
+                    " is always the DTLS server and needs a=setup:active"
+                )
+        negotiated[offered.mid] = NegotiatedMedia(
+            mid=offered.mid,
+            kind=offered.kind,
+            rejected=rejected,
+            direction="inactive" if rejected else answered.direction,
+            codecs=[] if rejected else _negotiated_codecs(offered, answered),
+            header_extensions={} if rejected else _negotiated_extensions(offered, answered),
+        )
+    return negotiated
