@@ -1,0 +1,145 @@
+// Entry point of the demo page: join form and URL parameters, wiring a Session
+// (signaling.js) to the DOM (ui.js), and `window.sfu` for tests and debugging.
+//
+// URL parameters: ?room=R&name=N joins directly; &simulcast=1 publishes simulcast;
+// &identity=I picks the identity put in the dev token (random by default).
+
+import { Session, fetchDevToken } from "./signaling.js";
+import { Ui } from "./ui.js";
+
+const ui = new Ui();
+let session = null;
+
+function flag(value) {
+  return value !== null && !["", "0", "false", "no", "off"].includes(value.toLowerCase());
+}
+
+function randomSuffix() {
+  return Math.random().toString(36).slice(2, 8);
+}
+
+function identityFor(name) {
+  const base = name.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "");
+  return `${base || "guest"}-${randomSuffix()}`;
+}
+
+const EMPTY_STATS = { inbound: [], outbound: [] };
+
+window.sfu = {
+  get session() {
+    return session;
+  },
+  get ws() {
+    return session ? session.ws : null;
+  },
+  get publishPc() {
+    return session ? session.publishPc : null;
+  },
+  get subscribePc() {
+    return session ? session.subscribePc : null;
+  },
+  get participantId() {
+    return session ? session.participantId : null;
+  },
+  get participants() {
+    return session ? session.participants : new Map();
+  },
+  get publishedTracks() {
+    return session ? session.publishedTracks : {};
+  },
+  get subscribeTracks() {
+    return session ? session.subscribeTracks : {};
+  },
+  get lastError() {
+    return session ? session.lastError : null;
+  },
+  async stats() {
+    return session ? session.stats() : structuredClone(EMPTY_STATS);
+  },
+  join,
+  leave,
+};
+
+async function join({ room, name, simulcast = false, identity = null }) {
+  if (session) leave();
+  ui.setJoining(true);
+  ui.setStatus(`joining ${room}…`);
+  const current = new Session(
+    { name, simulcast },
+    {
+      status: (text, level) => ui.setStatus(text, level),
+      joined: () => ui.showRoom(room, name),
+      localStream: (stream) => ui.setLocalStream(stream),
+      participantAdded: (p) => ui.upsertParticipant(p),
+      participantUpdated: (p) => ui.upsertParticipant(p),
+      participantRemoved: (id) => ui.removeParticipant(id),
+      participantMedia: (p) => ui.updateMedia(p),
+      localMute: (kind, muted) => ui.setControl(kind, muted),
+      closed: (reason) => {
+        if (session !== current) return;
+        session = null;
+        ui.showJoin({ room, name, simulcast });
+        if (reason === "left") ui.setStatus(`left ${room}`);
+      },
+    },
+  );
+  session = current;
+  try {
+    const token = await fetchDevToken(room, identity || identityFor(name), name);
+    if (session !== current) return;
+    await current.connect(token);
+  } catch (err) {
+    if (session !== current) return;
+    session = null;
+    ui.showJoin({ room, name, simulcast });
+    ui.setStatus(`could not join: ${err.message}`, "error");
+  }
+}
+
+function leave() {
+  const current = session;
+  if (!current) return;
+  current.leave();
+  const url = new URL(window.location.href);
+  url.searchParams.delete("name");
+  window.history.replaceState(null, "", url);
+}
+
+function toggleMute(kind) {
+  if (!session) return;
+  const muted = !session.isMuted(kind);
+  if (!session.setMuted(kind, muted)) {
+    ui.setStatus(kind === "audio" ? "no microphone to mute" : "no camera to stop", "error");
+  }
+}
+
+ui.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const room = ui.roomInput.value.trim();
+  const name = ui.nameInput.value.trim();
+  if (!room || !name) return;
+  const simulcast = ui.simulcastInput.checked;
+  const url = new URL(window.location.href);
+  url.searchParams.set("room", room);
+  url.searchParams.set("name", name);
+  if (simulcast) url.searchParams.set("simulcast", "1");
+  else url.searchParams.delete("simulcast");
+  window.history.replaceState(null, "", url);
+  join({ room, name, simulcast });
+});
+ui.muteMicButton.addEventListener("click", () => toggleMute("audio"));
+ui.muteCameraButton.addEventListener("click", () => toggleMute("video"));
+ui.leaveButton.addEventListener("click", () => leave());
+window.addEventListener("pagehide", () => {
+  if (session) session.leave();
+});
+
+const params = new URLSearchParams(window.location.search);
+const initial = {
+  room: params.get("room") || "",
+  name: params.get("name") || "",
+  simulcast: flag(params.get("simulcast")),
+  identity: params.get("identity"),
+};
+ui.showJoin(initial);
+if (initial.room && initial.name) join(initial);

@@ -1,0 +1,153 @@
+"""Helpers for driving the demo page in headless Chromium (Debian's /usr/bin/chromium).
+
+Chromium gets fake media devices (a test pattern camera and a beeping microphone)
+and no permission prompts, so a page can publish without any user interaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_PATH = Path("/usr/bin/chromium")
+
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Tabs that are not in front must keep decoding and running timers.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+    "--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/",
+]
+
+Stats = dict[str, list[dict[str, Any]]]
+
+
+def chromium_available() -> bool:
+    return CHROMIUM_PATH.exists()
+
+
+@contextlib.contextmanager
+def chromium_context(extra_args: list[str] | None = None) -> Iterator[Any]:
+    """A persistent Chromium context in a throw-away profile directory.
+
+    Yields a Playwright ``BrowserContext``; its pages share one browser process.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="sfu-chromium-") as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM_PATH),
+            headless=True,
+            args=[*CHROMIUM_ARGS, *(extra_args or [])],
+            viewport={"width": 1024, "height": 720},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+class ConsoleErrors:
+    """Collects console errors and uncaught exceptions of a page."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(f"console.error: {message.text}")
+
+
+def page_stats(page: Any) -> Stats:
+    """``window.sfu.stats()`` of a page: {"inbound": [...], "outbound": [...]}."""
+    return page.evaluate("() => window.sfu.stats()")
+
+
+def wait_for_stats(
+    page: Any,
+    predicate: Callable[[Stats], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.5,
+    what: str = "stats condition",
+) -> Stats:
+    """Poll ``window.sfu.stats()`` until ``predicate`` holds; fail with the last stats."""
+    deadline = time.monotonic() + timeout
+    stats: Stats = {}
+    while True:
+        stats = page_stats(page)
+        if predicate(stats):
+            return stats
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what} on {page.url}; "
+                f"last stats: {stats}; state: {page_state(page)}"
+            )
+        page.wait_for_timeout(interval * 1000)
+
+
+def page_state(page: Any) -> dict[str, Any]:
+    """What a failing test should print about a page: ids, mappings, status bar, pc states."""
+    return page.evaluate(
+        """() => {
+            const s = window.sfu;
+            const pcState = (pc) => pc ? {
+                signaling: pc.signalingState, ice: pc.iceConnectionState,
+                connection: pc.connectionState,
+            } : null;
+            return {
+                participantId: s.participantId,
+                participants: [...s.participants.values()].map((p) => ({
+                    id: p.participant_id, name: p.name,
+                    tracks: [...p.tracks.values()],
+                    streamTracks: p.stream.getTracks().map((t) => t.kind),
+                })),
+                publishedTracks: s.publishedTracks,
+                subscribeTracks: s.subscribeTracks,
+                publishPc: pcState(s.publishPc),
+                subscribePc: pcState(s.subscribePc),
+                status: document.getElementById("status").textContent,
+            };
+        }"""
+    )
+
+
+def remote_tile_names(page: Any) -> list[str]:
+    """Display names on the remote tiles, sorted."""
+    return sorted(page.locator(".tile.remote .name").all_inner_texts())
+
+
+def decoding_video(stats: Stats) -> dict[str, int]:
+    """participant id → framesDecoded of the inbound video streams mapped to someone."""
+    return {
+        s["participantId"]: s["framesDecoded"]
+        for s in stats.get("inbound", [])
+        if s["kind"] == "video" and s["participantId"] and s["framesDecoded"] > 0
+    }
+
+
+def receiving_audio(stats: Stats) -> set[str]:
+    """Participant ids whose inbound audio has packets."""
+    return {
+        s["participantId"]
+        for s in stats.get("inbound", [])
+        if s["kind"] == "audio" and s["participantId"] and s["packetsReceived"] > 0
+    }
