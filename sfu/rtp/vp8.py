@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PICTURE_ID_7_BIT_MAX = 0x7F
-PICTURE_ID_15_BIT_MAX = 0x7FFF
 
 _X = 0x80
 _N = 0x20
