@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     BAD_CANDIDATE = "bad_candidate"
     UNKNOWN_TRACK = "unknown_track"
     OUT_OF_ORDER = "out_of_order"
+    TRANSPORT_FAILED = "transport_failed"
     WORKER_UNAVAILABLE = "worker_unavailable"
     INTERNAL = "internal"
 

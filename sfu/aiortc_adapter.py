@@ -1,0 +1,258 @@
+"""The one place where the SFU reaches into aiortc's and aioice's private seams.
+
+aiortc gives the standards work (ICE through aioice, DTLS-SRTP keying, SRTP through
+pylibsrtp) but its packet path parses every packet into objects and routes by
+payload type, which an SFU cannot use. This module keeps aiortc's handshake and
+replaces its packet path:
+
+- ``DtlsSrtpSession.start`` runs aiortc's ICE and DTLS handshakes, then hooks aioice's
+  ``Connection.data_received`` so SRTP/SRTCP datagrams are unprotected and handed to
+  the SFU synchronously from the socket callback (no queue, no await per packet); DTLS
+  records still go through aiortc's queue.
+- sending protects with the SRTP session and calls ``sendto`` on the nominated pair's
+  datagram transport directly.
+
+Everything private that is touched is listed in :data:`PRIVATE_SEAMS` and checked by
+``tests/test_aiortc_adapter.py`` so an aiortc or aioice upgrade that moves them fails
+loudly instead of silently dropping media. The dependency range is pinned in
+pyproject.toml for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aioice
+import aioice.ice
+import pylibsrtp
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+)
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
+
+logger = logging.getLogger(__name__)
+
+PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCDtlsTransport, "_set_role"),
+    (RTCDtlsTransport, "_send_data"),
+    (aioice.Connection, "data_received"),
+    (aioice.Connection, "_nominated"),
+    (RTCIceGatherer, "_connection"),
+)
+"""(class, attribute) pairs this module depends on; instance attributes are checked
+on live objects by the adapter test."""
+
+RtpHandler = Callable[[bytes], None]
+
+
+def use_host_addresses(addresses: Sequence[str]) -> None:
+    """Gather ICE host candidates on exactly these addresses, process-wide.
+
+    aioice enumerates interfaces itself and skips 127.0.0.1; it has no option for a
+    fixed list, so its module-level ``get_host_addresses`` is replaced.
+    """
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def default_host_addresses() -> list[str]:
+    """Every interface address aioice would use, plus 127.0.0.1 for local demos."""
+    return [*aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False), "127.0.0.1"]
+
+
+@dataclass(frozen=True)
+class RemoteParameters:
+    """What the remote SDP says about its end of the transport."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: list[tuple[str, str]]
+    setup: str | None
+    ice_lite: bool = False
+
+
+class _SfuDtlsTransport(RTCDtlsTransport):
+    """aiortc's DTLS transport with its RTP/RTCP routing replaced by two callbacks.
+
+    Only packets that arrive between the end of the handshake and the installation of
+    the fast path (see :meth:`DtlsSrtpSession._install_fast_path`) come through here.
+    """
+
+    on_rtp: RtpHandler
+    on_rtcp: RtpHandler
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        self.on_rtp(data)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        self.on_rtcp(data)
+
+
+class DtlsSrtpSession:
+    """ICE + DTLS + SRTP for one transport, with a synchronous packet path.
+
+    ``ice_controlling`` is True when the SFU made the offer (subscribe transports).
+    """
+
+    def __init__(
+        self,
+        certificate: RTCCertificate,
+        ice_controlling: bool,
+        on_rtp: RtpHandler,
+        on_rtcp: RtpHandler,
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        self._gatherer = RTCIceGatherer(iceServers=[])
+        self._connection: aioice.Connection = self._gatherer._connection
+        self._connection.ice_controlling = ice_controlling
+        self._ice = RTCIceTransport(self._gatherer)
+        self._dtls = _SfuDtlsTransport(self._ice, [certificate])
+        self._dtls.on_rtp = on_rtp
+        self._dtls.on_rtcp = on_rtcp
+        self._on_rtp = on_rtp
+        self._on_rtcp = on_rtcp
+        self._on_error = on_error
+        self._certificate = certificate
+        self._rx_srtp: pylibsrtp.Session | None = None
+        self._tx_srtp: pylibsrtp.Session | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
+        self._remote_addr: tuple[str, int] = ("", 0)
+        self.connected = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.srtp_errors = 0
+        self.send_errors = 0
+
+    # --- negotiation ------------------------------------------------------------
+
+    async def gather(self) -> None:
+        await self._gatherer.gather()
+
+    @property
+    def ice_ufrag(self) -> str:
+        return self._connection.local_username
+
+    @property
+    def ice_pwd(self) -> str:
+        return self._connection.local_password
+
+    def local_candidates(self) -> list[aioice.Candidate]:
+        return list(self._connection.local_candidates)
+
+    def fingerprints(self) -> list[tuple[str, str]]:
+        return [(f.algorithm, f.value) for f in self._certificate.getFingerprints()]
+
+    async def add_remote_candidate(self, candidate: aioice.Candidate | None) -> None:
+        await self._connection.add_remote_candidate(candidate)
+
+    async def start(self, remote: RemoteParameters) -> None:
+        """Run ICE then DTLS; returns once SRTP flows or raises ConnectionError."""
+        # The SFU is the DTLS server unless the remote end insists on being passive.
+        self._dtls._set_role("client" if remote.setup == "passive" else "server")
+        await self._ice.start(
+            RTCIceParameters(
+                usernameFragment=remote.ice_ufrag,
+                password=remote.ice_pwd,
+                iceLite=remote.ice_lite,
+            )
+        )
+        if self._ice.state != "completed":
+            raise ConnectionError("ICE failed")
+        self._dtls.on("statechange", self._on_dtls_state)
+        await self._dtls.start(
+            RTCDtlsParameters(
+                fingerprints=[
+                    RTCDtlsFingerprint(algorithm=a, value=v) for a, v in remote.fingerprints
+                ]
+            )
+        )
+        if self._dtls.state != "connected":
+            raise ConnectionError(f"DTLS {self._dtls.state}")
+        self._install_fast_path()
+        self.connected.set()
+
+    def _on_dtls_state(self) -> None:
+        if self._dtls.state in ("closed", "failed"):
+            self._sendto = None
+            self.closed.set()
+
+    def _install_fast_path(self) -> None:
+        self._rx_srtp = self._dtls._rx_srtp
+        self._tx_srtp = self._dtls._tx_srtp
+        pair = self._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("no nominated ICE pair")
+        protocol = pair.protocol
+        datagram_transport = getattr(protocol, "transport", None)
+        if isinstance(protocol, aioice.ice.StunProtocol) and datagram_transport is not None:
+            self._sendto = datagram_transport.sendto
+        else:
+            # A TURN relay wraps each datagram; its send is a coroutine.
+            pending: set[asyncio.Task[None]] = set()
+
+            def relay_sendto(data: bytes, addr: tuple[str, int]) -> None:
+                task = asyncio.ensure_future(protocol.send_data(data, addr))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+            self._sendto = relay_sendto
+        self._remote_addr = pair.remote_addr
+        queue_put = self._connection._queue.put_nowait
+        rx = self._rx_srtp
+        on_rtp = self._on_rtp
+        on_rtcp = self._on_rtcp
+
+        def data_received(data: bytes, component: int) -> None:
+            first = data[0] if data else 0
+            if 127 < first < 192:
+                try:
+                    if 191 < data[1] < 224:
+                        on_rtcp(rx.unprotect_rtcp(data))
+                    else:
+                        on_rtp(rx.unprotect(data))
+                except pylibsrtp.Error:
+                    self.srtp_errors += 1
+                except Exception as exc:  # a bug in a handler must not kill the socket
+                    self._on_error(exc)
+            else:
+                queue_put((data, component))
+
+        self._connection.data_received = data_received  # type: ignore[method-assign]
+
+    # --- sending -----------------------------------------------------------------
+
+    def send_rtp(self, packet: bytes) -> None:
+        """Protect and send one RTP packet; silently dropped when not connected."""
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            sendto(self._tx_srtp.protect(packet), self._remote_addr)  # type: ignore[union-attr]
+        except (pylibsrtp.Error, OSError):
+            self.send_errors += 1
+
+    def send_rtcp(self, packet: bytes) -> None:
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            sendto(self._tx_srtp.protect_rtcp(packet), self._remote_addr)  # type: ignore[union-attr]
+        except (pylibsrtp.Error, OSError):
+            self.send_errors += 1
+
+    async def close(self) -> None:
+        self._sendto = None
+        await self._dtls.stop()
+        await self._ice.stop()
+        self.closed.set()

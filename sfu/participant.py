@@ -1,0 +1,564 @@
+"""A Participant: one client session in a room, with its two transports.
+
+The publish transport receives the participant's tracks (one :class:`Producer` per
+offered m-line) and demultiplexes incoming SRTP by SSRC, learning unknown SSRCs from
+the MID and RID header extensions. The subscribe transport carries one
+:class:`Consumer` per track of the other participants; its m-lines are negotiated by
+the SFU as offerer, one offer at a time, recycling m-lines whose track went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sfu.consumer import Consumer
+from sfu.producer import Producer, RtpStream
+from sfu.protocol import (
+    CandidateMessage,
+    ErrorCode,
+    ErrorMessage,
+    PublishAnswerMessage,
+    PublishOfferMessage,
+    ServerMessage,
+    SubscribeAnswerMessage,
+    SubscribeOfferMessage,
+    SubscribeTrack,
+    Track,
+    TrackInfo,
+)
+from sfu.protocol import (
+    Participant as ParticipantInfo,
+)
+from sfu.rtp import rtcp
+from sfu.rtp.extensions import SDES_MID, SDES_RTP_STREAM_ID, decode_sdes
+from sfu.rtp.packet import payload_offset, read_header_extensions
+from sfu.sdp import (
+    OutgoingMedia,
+    SdpError,
+    SessionDescription,
+    create_publish_answer,
+    create_subscribe_offer,
+    default_outgoing_codecs,
+    parse_subscribe_answer,
+)
+from sfu.transport import Transport
+from sfu.worker_api import EventSink, Grant, ProtocolError
+
+if TYPE_CHECKING:
+    from sfu.room import Room
+    from sfu.worker import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+MAX_LEARNED_SSRCS = 64
+"""SSRCs a publish transport may bind (layers, RTX, probes); more are dropped."""
+RTCP_INTERVAL = 1.0
+"""Seconds between the SFU's receiver reports to publishers and sender reports to
+subscribers (RFC 3550 allows this for a few streams per transport)."""
+RTCP_MAX_PACKET = 1200
+"""Largest compound RTCP packet the SFU sends."""
+
+_SSRC = struct.Struct("!I")
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(9)
+
+
+@dataclass
+class _Slot:
+    """One m-line of the subscribe transport."""
+
+    mid: str
+    kind: str
+    consumer: Consumer | None
+    negotiated_inactive: bool = False
+    """The subscriber has acknowledged this slot as inactive: it may be recycled."""
+    payload_type: int | None = None
+
+
+class Participant:
+    def __init__(
+        self,
+        participant_id: str,
+        grant: Grant,
+        room: Room,
+        sink: EventSink,
+        context: WorkerContext,
+    ) -> None:
+        self.id = participant_id
+        self.grant = grant
+        self.name = grant.name
+        self.room = room
+        self.sink = sink
+        self.context = context
+        self.rtcp_ssrc = secrets.randbits(32) or 1
+        self.cname = _new_id("sfu-")
+        self.producers: dict[str, Producer] = {}
+        """Published tracks by MID of the publish transport."""
+        self.publish: Transport | None = None
+        self.subscribe: Transport | None = None
+        self.packets_unroutable = 0
+        self.rtcp_errors = 0
+        self._ssrc_table: dict[int, tuple[Producer, RtpStream | None]] = {}
+        self._mid_extension: int | None = None
+        self._rid_extension: int | None = None
+        self._slots: list[_Slot] = []
+        self._consumers_by_ssrc: dict[int, Consumer] = {}
+        self._offer: SessionDescription | None = None
+        self._revision = 0
+        self._awaiting_revision: int | None = None
+        self._offer_dirty = False
+        self._session_id = secrets.randbits(62)
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.grant.can_subscribe:
+            self.subscribe = self._new_transport("subscribe")
+            await self.subscribe.gather()
+        self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+
+    def _new_transport(self, direction: str) -> Transport:
+        on_rtp = self._on_publish_rtp if direction == "publish" else self._on_subscribe_rtp
+        on_rtcp = self._on_publish_rtcp if direction == "publish" else self._on_subscribe_rtcp
+        return Transport(
+            direction,  # type: ignore[arg-type]
+            self.context.certificate,
+            on_rtp=on_rtp,
+            on_rtcp=on_rtcp,
+            on_connected=self._on_transport_connected,
+            on_failed=self._on_transport_failed,
+            announced_ip=self.context.settings.announced_ip,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+        for transport in (self.publish, self.subscribe):
+            if transport is not None:
+                await transport.close()
+
+    def info(self) -> ParticipantInfo:
+        return ParticipantInfo(
+            participant_id=self.id,
+            identity=self.grant.identity,
+            name=self.name,
+            tracks=[self.track_info(p) for p in self.producers.values()],
+        )
+
+    def track_info(self, producer: Producer) -> Track:
+        return Track(
+            track_id=producer.id,
+            participant_id=self.id,
+            kind=producer.kind,
+            source=producer.source,
+            muted=producer.muted,
+            simulcast=producer.simulcast,
+        )
+
+    def send(self, message: ServerMessage) -> None:
+        if not self._closed:
+            self.sink(message)
+
+    def _on_transport_connected(self, transport: Transport) -> None:
+        if transport is self.subscribe:
+            for slot in self._slots:
+                if slot.consumer is not None and slot.payload_type is not None:
+                    slot.consumer.activate(slot.payload_type)
+
+    def _on_transport_failed(self, transport: Transport) -> None:
+        if self._closed:
+            return
+        self.send(
+            ErrorMessage(
+                code=ErrorCode.TRANSPORT_FAILED,
+                message=f"the {transport.direction} transport failed (ICE or DTLS); rejoin",
+                fatal=True,
+            )
+        )
+        asyncio.get_running_loop().create_task(self.room.worker.remove_participant(self.id))
+
+    # --- publishing -------------------------------------------------------------------
+
+    async def publish_offer(self, message: PublishOfferMessage) -> PublishAnswerMessage:
+        try:
+            offer = SessionDescription.parse(message.sdp)
+        except SdpError as exc:
+            raise ProtocolError(ErrorCode.BAD_SDP, str(exc)) from exc
+        if self.publish is None:
+            self.publish = self._new_transport("publish")
+            await self.publish.gather()
+        try:
+            answer, published = create_publish_answer(
+                offer, self.publish.local_parameters(), allow_h264=self.context.settings.allow_h264
+            )
+            if published:
+                first = offer.media_by_mid(published[0].mid)
+                assert first is not None
+                self.publish.start(offer.transport(first))
+        except SdpError as exc:
+            raise ProtocolError(ErrorCode.BAD_SDP, str(exc)) from exc
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_CANDIDATE, str(exc)) from exc
+
+        offered_mids = {m.mid for m in published}
+        for mid in [mid for mid in self.producers if mid not in offered_mids]:
+            self.room.unpublish(self.producers.pop(mid))
+        for media in published:
+            ids = media.header_extensions
+            self._mid_extension = ids.get(SDES_MID, self._mid_extension)
+            self._rid_extension = ids.get(SDES_RTP_STREAM_ID, self._rid_extension)
+            if media.mid in self.producers:
+                continue
+            info = message.tracks.get(media.mid, TrackInfo())
+            source = info.source
+            if source == "unknown":
+                source = "microphone" if media.kind == "audio" else "camera"
+            producer = Producer(
+                _new_id("TR_"),
+                self.id,
+                media.kind,  # type: ignore[arg-type]
+                media.mid,
+                media.codecs,
+                media.rids,
+                source,
+                self._send_key_frame_request,
+            )
+            self.producers[media.mid] = producer
+            for ssrc in media.ssrcs:
+                if ssrc not in media.rtx_ssrc.values() and not media.rids:
+                    self._bind_ssrc(ssrc, producer, None)
+            self.room.publish(producer)
+        return PublishAnswerMessage(
+            sdp=str(answer), tracks={mid: p.id for mid, p in self.producers.items()}
+        )
+
+    def mute(self, track_id: str, muted: bool) -> Producer:
+        for producer in self.producers.values():
+            if producer.id == track_id:
+                producer.muted = muted
+                return producer
+        raise ProtocolError(ErrorCode.UNKNOWN_TRACK, f"you publish no track {track_id!r}")
+
+    def _bind_ssrc(self, ssrc: int, producer: Producer, rid: str | None) -> RtpStream:
+        stream = producer.add_stream(ssrc, rid)
+        self._ssrc_table[ssrc] = (producer, stream)
+        return stream
+
+    def _learn_ssrc(self, ssrc: int, data: bytes) -> tuple[Producer, RtpStream | None] | None:
+        """Bind an SSRC seen for the first time to a producer (RFC 8843 section 9.2)."""
+        if len(self._ssrc_table) >= MAX_LEARNED_SSRCS:
+            return None
+        try:
+            extensions = read_header_extensions(data)
+            mid = rid = None
+            if self._mid_extension in extensions:
+                mid = decode_sdes(extensions[self._mid_extension])  # type: ignore[index]
+            if self._rid_extension in extensions:
+                rid = decode_sdes(extensions[self._rid_extension])  # type: ignore[index]
+        except ValueError:
+            return None
+        payload_type = data[1] & 0x7F
+        if mid is not None:
+            producer = self.producers.get(mid)
+        else:
+            # No MID: the payload type decides when it names exactly one producer.
+            candidates = [
+                p
+                for p in self.producers.values()
+                if payload_type in p.payload_types or payload_type in p.rtx_payload_types
+            ]
+            producer = candidates[0] if len(candidates) == 1 else None
+        if producer is None:
+            return None
+        if payload_type in producer.rtx_payload_types:
+            # Retransmissions and padding probes: not forwarded (see NACK handling).
+            self._ssrc_table[ssrc] = (producer, None)
+            return producer, None
+        if payload_type not in producer.payload_types:
+            return None
+        return producer, self._bind_ssrc(ssrc, producer, rid)
+
+    def _on_publish_rtp(self, data: bytes) -> None:
+        if len(data) < 12:
+            self.packets_unroutable += 1
+            return
+        entry = self._ssrc_table.get(_SSRC.unpack_from(data, 8)[0])
+        if entry is None:
+            entry = self._learn_ssrc(_SSRC.unpack_from(data, 8)[0], data)
+            if entry is None:
+                self.packets_unroutable += 1
+                return
+        producer, stream = entry
+        if stream is None:
+            return
+        try:
+            start = payload_offset(data)
+        except ValueError:
+            producer.packets_dropped += 1
+            return
+        producer.receive(stream, data, start, time.time())
+
+    def _on_publish_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_rtcp(data)
+        except ValueError:
+            self.rtcp_errors += 1
+            return
+        now = time.time()
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport):
+                entry = self._ssrc_table.get(packet.ssrc)
+                if entry is not None and entry[1] is not None:
+                    entry[1].statistics.add_sender_report(
+                        packet.ntp_timestamp, packet.rtp_timestamp, now
+                    )
+
+    def _send_key_frame_request(self, media_ssrc: int) -> None:
+        if self.publish is not None:
+            pli = rtcp.PictureLossIndication(sender_ssrc=self.rtcp_ssrc, media_ssrc=media_ssrc)
+            self.publish.session.send_rtcp(bytes(pli))
+
+    # --- subscribing ------------------------------------------------------------------
+
+    def add_consumer(self, producer: Producer) -> None:
+        """Start receiving ``producer`` (renegotiates the subscribe transport)."""
+        if self.subscribe is None:
+            return
+        consumer = Consumer(_new_id("CO_"), producer, self.id, self.subscribe.session.send_rtp)
+        producer.add_consumer(consumer)
+        self._consumers_by_ssrc[consumer.ssrc] = consumer
+        slot = next(
+            (
+                s
+                for s in self._slots
+                if s.consumer is None and s.negotiated_inactive and s.kind == producer.kind
+            ),
+            None,
+        )
+        if slot is None:
+            slot = _Slot(mid=str(len(self._slots)), kind=producer.kind, consumer=consumer)
+            self._slots.append(slot)
+        else:
+            slot.consumer = consumer
+            slot.negotiated_inactive = False
+            slot.payload_type = None
+        self._renegotiate()
+
+    def remove_consumer(self, producer: Producer) -> None:
+        for slot in self._slots:
+            consumer = slot.consumer
+            if consumer is not None and consumer.producer is producer:
+                consumer.deactivate()
+                producer.remove_consumer(consumer.id)
+                self._consumers_by_ssrc.pop(consumer.ssrc, None)
+                slot.consumer = None
+                slot.payload_type = None
+                self._renegotiate()
+
+    def consumers(self) -> list[Consumer]:
+        return [s.consumer for s in self._slots if s.consumer is not None]
+
+    def _renegotiate(self) -> None:
+        self._offer_dirty = True
+        self._maybe_send_offer()
+
+    def _maybe_send_offer(self) -> None:
+        if self._closed or self.subscribe is None or not self._slots:
+            return
+        if self._awaiting_revision is not None or not self._offer_dirty:
+            return
+        self._offer_dirty = False
+        self._revision += 1
+        allow_h264 = self.context.settings.allow_h264
+        media: list[OutgoingMedia] = []
+        tracks: dict[str, SubscribeTrack] = {}
+        for slot in self._slots:
+            consumer = slot.consumer
+            if consumer is None:
+                media.append(
+                    OutgoingMedia(
+                        mid=slot.mid,
+                        kind=slot.kind,
+                        codecs=default_outgoing_codecs(slot.kind, allow_h264),
+                        header_extensions=[],
+                        ssrc=secrets.randbits(32) or 1,
+                        rtx_ssrc=None,
+                        cname=self.cname,
+                        stream_id="-",
+                        track_id=f"inactive-{slot.mid}",
+                        active=False,
+                    )
+                )
+                continue
+            producer = consumer.producer
+            codecs = [
+                c
+                for c in default_outgoing_codecs(slot.kind, allow_h264)
+                if c.name.lower() == producer.codec.name.lower()
+            ]
+            media.append(
+                OutgoingMedia(
+                    mid=slot.mid,
+                    kind=slot.kind,
+                    codecs=codecs,
+                    header_extensions=[],
+                    ssrc=consumer.ssrc,
+                    rtx_ssrc=None,
+                    cname=self.cname,
+                    stream_id=producer.participant_id,
+                    track_id=producer.id,
+                    active=True,
+                )
+            )
+            tracks[slot.mid] = SubscribeTrack(
+                track_id=producer.id,
+                participant_id=producer.participant_id,
+                kind=producer.kind,
+            )
+        offer = create_subscribe_offer(
+            self.subscribe.local_parameters(), media, self._session_id, self._revision
+        )
+        self._offer = offer
+        self._awaiting_revision = self._revision
+        self.send(SubscribeOfferMessage(sdp=str(offer), revision=self._revision, tracks=tracks))
+
+    async def subscribe_answer(self, message: SubscribeAnswerMessage) -> None:
+        if self.subscribe is None:
+            raise ProtocolError(ErrorCode.NOT_ALLOWED, "this token cannot subscribe")
+        if self._awaiting_revision is None or message.revision != self._awaiting_revision:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_ORDER,
+                f"no subscribe offer with revision {message.revision} is awaiting an answer",
+            )
+        assert self._offer is not None
+        try:
+            answer = SessionDescription.parse(message.sdp)
+            negotiated = parse_subscribe_answer(answer, self._offer)
+            if not self.subscribe.started and answer.media:
+                self.subscribe.start(answer.transport(answer.media[0]))
+        except SdpError as exc:
+            raise ProtocolError(ErrorCode.BAD_SDP, str(exc)) from exc
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_CANDIDATE, str(exc)) from exc
+        self._awaiting_revision = None
+        connected = self.subscribe.connected.is_set()
+        for slot in self._slots:
+            result = negotiated.get(slot.mid)
+            if slot.consumer is None:
+                slot.negotiated_inactive = True
+                continue
+            if result is None or result.rejected or not result.codecs:
+                slot.consumer.deactivate()
+                slot.payload_type = None
+                continue
+            slot.payload_type = result.codecs[0].payload_type
+            if connected:
+                slot.consumer.activate(slot.payload_type)
+        self._maybe_send_offer()
+
+    def _on_subscribe_rtp(self, data: bytes) -> None:
+        self.packets_unroutable += 1  # subscribers send no media to the SFU
+
+    def _on_subscribe_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_rtcp(data)
+        except ValueError:
+            self.rtcp_errors += 1
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.PictureLossIndication):
+                consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
+                if consumer is not None:
+                    consumer.producer.request_key_frame()
+            elif isinstance(packet, rtcp.FullIntraRequest):
+                for ssrc, _ in packet.entries:
+                    consumer = self._consumers_by_ssrc.get(ssrc)
+                    if consumer is not None:
+                        consumer.producer.request_key_frame()
+            elif isinstance(packet, rtcp.GenericNack):
+                consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
+                if consumer is not None:
+                    consumer.retransmit(packet.lost)
+            elif isinstance(packet, rtcp.ReceiverReport | rtcp.SenderReport):
+                self._on_report_blocks(packet.reports)
+
+    def _on_report_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
+        now = rtcp.compact_ntp(rtcp.ntp_from_unix(time.time()))
+        for block in blocks:
+            consumer = self._consumers_by_ssrc.get(block.ssrc)
+            if consumer is None:
+                continue
+            consumer.fraction_lost = block.fraction_lost
+            if block.lsr:
+                rtt = ((now - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536
+                if rtt < 60:
+                    consumer.rtt = rtt
+
+    async def add_candidate(self, message: CandidateMessage) -> None:
+        transport = self.publish if message.target == "publish" else self.subscribe
+        if transport is None:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_ORDER, f"no {message.target} transport yet: offer first"
+            )
+        value = None if message.candidate is None else message.candidate.candidate
+        if value == "":
+            value = None  # browsers signal end-of-candidates with an empty candidate
+        try:
+            await transport.add_remote_candidate(value)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_CANDIDATE, str(exc)) from exc
+
+    # --- periodic RTCP ----------------------------------------------------------------
+
+    async def _rtcp_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000))
+            now = time.time()
+            if self.publish is not None:
+                for packet in self._receiver_reports(now):
+                    self.publish.session.send_rtcp(packet)
+            if self.subscribe is not None:
+                for packet in self._sender_reports(now):
+                    self.subscribe.session.send_rtcp(packet)
+
+    def _receiver_reports(self, now: float) -> list[bytes]:
+        blocks = []
+        for producer in self.producers.values():
+            for stream in producer.streams.values():
+                block = stream.statistics.report_block(now)
+                if block is not None:
+                    blocks.append(block)
+        return [
+            bytes(rtcp.ReceiverReport(ssrc=self.rtcp_ssrc, reports=blocks[i : i + 31]))
+            for i in range(0, len(blocks), 31)
+        ]
+
+    def _sender_reports(self, now: float) -> list[bytes]:
+        compounds: list[bytes] = []
+        current = b""
+        for consumer in self.consumers():
+            report = consumer.sender_report(now) if consumer.active else None
+            if report is None:
+                continue
+            sdes = rtcp.SourceDescription(chunks=[(consumer.ssrc, [(1, self.cname.encode())])])
+            packet = bytes(report) + bytes(sdes)
+            if current and len(current) + len(packet) > RTCP_MAX_PACKET:
+                compounds.append(current)
+                current = b""
+            current += packet
+        if current:
+            compounds.append(current)
+        return compounds

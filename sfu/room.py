@@ -1,0 +1,82 @@
+"""A Room: the participants of one conversation and the producers they publish.
+
+A room lives on exactly one worker (one event loop, no locks). It connects every
+producer to a consumer for each other participant that may subscribe, and tells
+everyone about arrivals, departures and tracks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sfu.protocol import (
+    ParticipantJoinedMessage,
+    ParticipantLeftMessage,
+    ServerMessage,
+    TrackMutedMessage,
+    TrackPublishedMessage,
+    TrackUnpublishedMessage,
+)
+
+if TYPE_CHECKING:
+    from sfu.participant import Participant
+    from sfu.producer import Producer
+    from sfu.worker import Worker
+
+
+class Room:
+    def __init__(self, name: str, worker: Worker) -> None:
+        self.name = name
+        self.worker = worker
+        self.participants: dict[str, Participant] = {}
+
+    def broadcast(self, message: ServerMessage, exclude: str | None = None) -> None:
+        for participant in self.participants.values():
+            if participant.id != exclude:
+                participant.send(message)
+
+    def add(self, participant: Participant) -> None:
+        """A participant entered: announce it and subscribe it to every producer."""
+        self.broadcast(ParticipantJoinedMessage(participant=participant.info()))
+        self.participants[participant.id] = participant
+        for other in self.participants.values():
+            if other is participant:
+                continue
+            for producer in other.producers.values():
+                participant.add_consumer(producer)
+
+    def remove(self, participant: Participant) -> None:
+        """A participant left: its producers go, and so do its consumers."""
+        if self.participants.pop(participant.id, None) is None:
+            return
+        for producer in list(participant.producers.values()):
+            self.unpublish(producer)
+        participant.producers.clear()
+        for consumer in participant.consumers():
+            consumer.producer.remove_consumer(consumer.id)
+        self.broadcast(ParticipantLeftMessage(participant_id=participant.id))
+
+    def publish(self, producer: Producer) -> None:
+        owner = self.participants[producer.participant_id]
+        self.broadcast(TrackPublishedMessage(track=owner.track_info(producer)), exclude=owner.id)
+        for participant in self.participants.values():
+            if participant is not owner:
+                participant.add_consumer(producer)
+
+    def unpublish(self, producer: Producer) -> None:
+        for participant in self.participants.values():
+            participant.remove_consumer(producer)
+        self.broadcast(
+            TrackUnpublishedMessage(track_id=producer.id, participant_id=producer.participant_id),
+            exclude=producer.participant_id,
+        )
+
+    def track_muted(self, producer: Producer) -> None:
+        self.broadcast(
+            TrackMutedMessage(
+                track_id=producer.id,
+                participant_id=producer.participant_id,
+                muted=producer.muted,
+            ),
+            exclude=producer.participant_id,
+        )

@@ -1,0 +1,119 @@
+"""The media worker: rooms, participants and their transports in one event loop.
+
+:class:`Worker` implements :class:`sfu.worker_api.MediaWorker`; the embedded server
+calls it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from sfu.aiortc_adapter import default_host_addresses, use_host_addresses
+from sfu.config import Settings
+from sfu.participant import Participant
+from sfu.protocol import (
+    CandidateMessage,
+    ErrorCode,
+    IceServer,
+    JoinedMessage,
+    MuteMessage,
+    PublishAnswerMessage,
+    PublishOfferMessage,
+    SubscribeAnswerMessage,
+)
+from sfu.room import Room
+from sfu.worker_api import EventSink, Grant, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What every participant of a worker shares."""
+
+    settings: Settings
+    certificate: RTCCertificate
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rooms: dict[str, Room] = {}
+        self.participants: dict[str, Participant] = {}
+        self._context: WorkerContext | None = None
+
+    async def start(self) -> None:
+        addresses = self.settings.ice_addresses or default_host_addresses()
+        use_host_addresses(addresses)
+        logger.info("media worker gathers ICE candidates on %s", ", ".join(addresses))
+        self._context = WorkerContext(self.settings, RTCCertificate.generateCertificate())
+
+    async def stop(self) -> None:
+        for participant_id in list(self.participants):
+            await self.remove_participant(participant_id)
+
+    def _participant(self, participant_id: str) -> Participant:
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            raise ProtocolError(ErrorCode.NOT_JOINED, "not in a room")
+        return participant
+
+    async def join(self, participant_id: str, grant: Grant, sink: EventSink) -> JoinedMessage:
+        if self._context is None:
+            raise ProtocolError(ErrorCode.WORKER_UNAVAILABLE, "media worker not started")
+        if participant_id in self.participants:
+            raise ProtocolError(ErrorCode.ALREADY_JOINED, "already in a room")
+        room = self.rooms.get(grant.room)
+        if room is None:
+            room = self.rooms[grant.room] = Room(grant.room, self)
+        participant = Participant(participant_id, grant, room, sink, self._context)
+        await participant.open()
+        self.participants[participant_id] = participant
+        joined = JoinedMessage(
+            room=grant.room,
+            participant_id=participant_id,
+            identity=grant.identity,
+            can_publish=grant.can_publish,
+            can_subscribe=grant.can_subscribe,
+            participants=[p.info() for p in room.participants.values()],
+            ice_servers=[IceServer(urls=[url]) for url in self.settings.ice_servers],
+        )
+        # The joined reply goes out before any subscribe offer the room triggers.
+        sink(joined)
+        room.add(participant)
+        return joined
+
+    async def publish_offer(
+        self, participant_id: str, message: PublishOfferMessage
+    ) -> PublishAnswerMessage:
+        participant = self._participant(participant_id)
+        if not participant.grant.can_publish:
+            raise ProtocolError(ErrorCode.NOT_ALLOWED, "this token cannot publish")
+        return await participant.publish_offer(message)
+
+    async def subscribe_answer(self, participant_id: str, message: SubscribeAnswerMessage) -> None:
+        await self._participant(participant_id).subscribe_answer(message)
+
+    async def add_candidate(self, participant_id: str, message: CandidateMessage) -> None:
+        await self._participant(participant_id).add_candidate(message)
+
+    async def mute(self, participant_id: str, message: MuteMessage) -> None:
+        participant = self._participant(participant_id)
+        producer = participant.mute(message.track_id, message.muted)
+        participant.room.track_muted(producer)
+
+    async def leave(self, participant_id: str) -> None:
+        await self.remove_participant(participant_id)
+
+    async def remove_participant(self, participant_id: str) -> None:
+        participant = self.participants.pop(participant_id, None)
+        if participant is None:
+            return
+        room = participant.room
+        room.remove(participant)
+        await participant.close()
+        if not room.participants:
+            self.rooms.pop(room.name, None)
