@@ -1,0 +1,185 @@
+"""The ``sfu`` command: ``sfu serve`` runs the embedded server, ``sfu token`` mints a token.
+
+Every ``serve`` flag overrides the :class:`~sfu.config.Settings` field of the same
+name; what no flag sets still comes from ``SFU_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+import uvloop
+
+from sfu.config import Settings
+from sfu.protocol import MAX_MESSAGE_BYTES
+from signaling.app import create_app
+from signaling.auth import mint_token
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+_POLL_SECONDS = 0.05
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args.run(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfu", description="A WebRTC SFU in Python.")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run signaling and one media worker in this process",
+        description="Run signaling and one media worker in one process (no Redis).",
+    )
+    serve.set_defaults(command="serve", run=_serve)
+    serve.add_argument("--host", help="HTTP/WebSocket bind address")
+    serve.add_argument("--port", type=int, help="HTTP/WebSocket port")
+    serve.add_argument(
+        "--ice-address",
+        dest="ice_addresses",
+        action="append",
+        metavar="ADDRESS",
+        help="address to gather ICE candidates on (repeatable; default: every interface)",
+    )
+    serve.add_argument("--announced-ip", help="public address written into candidates")
+    _add_credentials(serve)
+    serve.add_argument(
+        "--no-dev-tokens",
+        dest="dev_tokens",
+        action="store_const",
+        const=False,
+        help="do not serve /api/dev-token",
+    )
+    serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
+
+    token = commands.add_parser(
+        "token", help="mint an access token", description="Print a signed access token."
+    )
+    token.set_defaults(command="token", run=_token)
+    token.add_argument("--room", required=True)
+    token.add_argument("--identity", required=True)
+    token.add_argument("--name", help="display name (default: the identity)")
+    token.add_argument("--no-publish", dest="can_publish", action="store_false")
+    token.add_argument("--no-subscribe", dest="can_subscribe", action="store_false")
+    token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds")
+    _add_credentials(token)
+    return parser
+
+
+def _add_credentials(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", help="API key (token issuer)")
+    parser.add_argument("--api-secret", help="API secret (token signing key)")
+
+
+def _settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
+    overrides: dict[str, Any] = {
+        field: getattr(args, field) for field in fields if getattr(args, field) is not None
+    }
+    return Settings(**overrides)
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = _settings(args, ("api_key", "api_secret"))
+    try:
+        token = mint_token(
+            settings.api_key,
+            settings.api_secret,
+            room=args.room,
+            identity=args.identity,
+            name=args.name,
+            can_publish=args.can_publish,
+            can_subscribe=args.can_subscribe,
+            ttl_seconds=args.ttl,
+        )
+    except ValueError as exc:
+        print(f"sfu token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(
+        args,
+        (
+            "host",
+            "port",
+            "ice_addresses",
+            "announced_ip",
+            "api_key",
+            "api_secret",
+            "dev_tokens",
+            "log_level",
+        ),
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvloop.run(_run_server(settings))
+    return 0
+
+
+async def _run_server(settings: Settings) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Frames up to this size get a ``too_large`` error; larger ones close the socket.
+        ws_max_size=16 * MAX_MESSAGE_BYTES,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(_POLL_SECONDS)
+    if server.started:
+        port = next(
+            (sock.getsockname()[1] for listener in server.servers for sock in listener.sockets),
+            settings.port,
+        )
+        print(f"SFU demo: {_demo_urls(settings.host, port)}", flush=True)
+    await serving
+
+
+def _demo_urls(host: str, port: int) -> str:
+    """The URL(s) a person can open for a server bound to ``host``."""
+    if host not in _WILDCARD_HOSTS:
+        return _url(host, port)
+    local = _url("127.0.0.1", port)
+    lan = _lan_address()
+    return local if lan is None else f"{local} (on this network: {_url(lan, port)})"
+
+
+def _url(host: str, port: int) -> str:
+    try:
+        bracketed = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    return f"http://[{host}]:{port}/" if bracketed else f"http://{host}:{port}/"
+
+
+def _lan_address() -> str | None:
+    """The address of the interface holding the default route, if there is one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
