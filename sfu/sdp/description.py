@@ -303,6 +303,7 @@ class _Parser:
         self.text = text
         self.line_number = 0
         self.line = ""
+        self.last_content_line = 0
         self.current: _PendingMedia | None = None
         self.finished: list[_PendingMedia] = []
         self.group_lines: list[tuple[int, str, list[str]]] = []
@@ -333,6 +334,7 @@ class _Parser:
             self.line = raw.removesuffix("\r")
             if not self.line.strip():
                 continue
+            self.last_content_line = number
             if not _LINE.match(self.line):
                 raise self.error("not a <type>=<value> line")
             yield self.line[0], self.line[2:]
@@ -377,7 +379,7 @@ class _Parser:
             else:
                 session.other_lines.append(f"{line_type}={value}")
         if session is None:
-            raise SdpError("missing o= line", self.line_number)
+            raise SdpError("missing o= line", self.last_content_line + 1)
         if self.current is not None:
             self.finished.append(self.current)
         session.media = [pending.finish() for pending in self.finished]
