@@ -48,7 +48,10 @@ class ProtocolError(Exception):
 
 
 class MediaWorker(Protocol):
-    async def join(self, participant_id: str, grant: Grant, sink: EventSink) -> JoinedMessage: ...
+    async def join(self, participant_id: str, grant: Grant, sink: EventSink) -> JoinedMessage:
+        """Enter the grant's room. The worker sends the returned ``joined`` message
+        through ``sink`` itself, before any event or offer the join triggers."""
+        ...
 
     async def publish_offer(
         self, participant_id: str, message: PublishOfferMessage

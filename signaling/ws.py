@@ -212,12 +212,13 @@ class Session:
         # that fails admitted nobody, and the client may try again.
         self._participant_id = participant_id
         try:
-            joined = await self._worker.join(participant_id, grant, self.deliver)
+            # The worker delivers the joined reply through the sink itself, ahead of
+            # the subscribe offers and events that joining triggers.
+            await self._worker.join(participant_id, grant, self.deliver)
         except Exception:
             self._participant_id = None
             raise
         self._grant = grant
-        self.deliver(joined)
 
     async def _leave(self) -> None:
         participant_id, self._participant_id = self._participant_id, None
