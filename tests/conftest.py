@@ -1,0 +1,47 @@
+"""Shared pytest configuration and fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+# --- browser tests: markers, the embedded server fixture ---------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "browser: drives the demo page in headless Chromium against a live server"
+    )
+
+
+@pytest.fixture(scope="module")
+def sfu_server() -> Iterator[str]:
+    """Base URL of ``python -m sfu serve`` started on a free port for this module.
+
+    The value is a ``str`` (``http://127.0.0.1:<port>``) with a ``log()`` method giving the
+    server's output; a failing test that used it gets that output in its report.
+    """
+    from server import ServerStartError, run_sfu_server
+
+    server = run_sfu_server()
+    try:
+        url = server.__enter__()
+    except ServerStartError as exc:
+        failure = str(exc)
+    else:
+        try:
+            yield url
+        finally:
+            server.__exit__(None, None, None)
+        return
+    pytest.fail(f"could not start the sfu server: {failure}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("sfu_server")
+    if report.failed and server is not None and hasattr(server, "log"):
+        report.sections.append(("sfu server output", server.log() or "(empty)"))
