@@ -1,0 +1,108 @@
+"""The aiortc seams the SFU relies on, and a real ICE/DTLS/SRTP pair over loopback."""
+
+import asyncio
+
+import pytest
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from sfu.aiortc_adapter import PRIVATE_SEAMS, DtlsSrtpSession, RemoteParameters, use_host_addresses
+from sfu.rtp.packet import build_rtp_packet
+from sfu.rtp.rtcp import PictureLossIndication
+
+
+@pytest.mark.parametrize(("cls", "attribute"), PRIVATE_SEAMS)
+def test_private_seam_exists(cls, attribute):
+    assert hasattr(cls, attribute), f"aiortc/aioice no longer has {cls.__name__}.{attribute}"
+
+
+class Endpoint:
+    def __init__(self, controlling: bool, certificate: RTCCertificate) -> None:
+        self.rtp: list[bytes] = []
+        self.rtcp: list[bytes] = []
+        self.errors: list[Exception] = []
+        self.session = DtlsSrtpSession(
+            certificate,
+            ice_controlling=controlling,
+            on_rtp=self.on_rtp,
+            on_rtcp=self.rtcp.append,
+            on_error=self.errors.append,
+        )
+
+    def on_rtp(self, data: bytes) -> None:
+        if data[1] & 0x7F == 100:
+            raise RuntimeError("handler bug")
+        self.rtp.append(data)
+
+    def remote(self, setup: str) -> RemoteParameters:
+        return RemoteParameters(
+            ice_ufrag=self.session.ice_ufrag,
+            ice_pwd=self.session.ice_pwd,
+            fingerprints=self.session.fingerprints(),
+            setup=setup,
+        )
+
+
+async def connected_pair() -> tuple[Endpoint, Endpoint]:
+    use_host_addresses(["127.0.0.1"])
+    certificate = RTCCertificate.generateCertificate()
+    server = Endpoint(False, certificate)
+    client = Endpoint(True, RTCCertificate.generateCertificate())
+    await asyncio.gather(server.session.gather(), client.session.gather())
+    for candidate in client.session.local_candidates():
+        await server.session.add_remote_candidate(candidate)
+    await server.session.add_remote_candidate(None)
+    for candidate in server.session.local_candidates():
+        await client.session.add_remote_candidate(candidate)
+    await client.session.add_remote_candidate(None)
+    # The server answers setup:passive (it is the DTLS server); the client sees that.
+    await asyncio.wait_for(
+        asyncio.gather(
+            server.session.start(client.remote("active")),
+            client.session.start(server.remote("passive")),
+        ),
+        10,
+    )
+    return server, client
+
+
+def rtp(payload_type: int, seq: int, ssrc: int, payload: bytes) -> bytes:
+    return build_rtp_packet(
+        payload_type=payload_type, sequence_number=seq, timestamp=0, ssrc=ssrc, payload=payload
+    )
+
+
+async def wait_for(predicate, timeout=2.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_rtp_and_rtcp_flow_both_ways():
+    server, client = await connected_pair()
+    try:
+        for seq in range(5):
+            client.session.send_rtp(rtp(96, seq, 0x1234, b"\x10payload"))
+        client.session.send_rtcp(bytes(PictureLossIndication(sender_ssrc=1, media_ssrc=2)))
+        server.session.send_rtp(rtp(111, 7, 0x4321, b"opus"))
+        await wait_for(lambda: len(server.rtp) == 5 and server.rtcp and client.rtp)
+        assert server.rtp[0].endswith(b"\x10payload")
+        assert client.rtp[0].endswith(b"opus")
+    finally:
+        await asyncio.gather(server.session.close(), client.session.close())
+
+
+async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport():
+    server, client = await connected_pair()
+    try:
+        # Garbage that looks like SRTP fails authentication and is counted.
+        pair = client.session._connection._nominated[1]
+        pair.protocol.transport.sendto(b"\x80\x60" + b"\x00" * 30, pair.remote_addr)
+        # A packet that makes the handler raise is reported, not fatal.
+        client.session.send_rtp(rtp(100, 1, 5, b"boom"))
+        client.session.send_rtp(rtp(96, 2, 5, b"after"))
+        await wait_for(lambda: server.rtp and server.errors and server.session.srtp_errors)
+        assert server.rtp[-1].endswith(b"after")
+        assert isinstance(server.errors[0], RuntimeError)
+    finally:
+        await asyncio.gather(server.session.close(), client.session.close())

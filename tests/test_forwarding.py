@@ -1,0 +1,241 @@
+"""Producer → Consumer forwarding over bytes: rewriting, key frames, NACK cache, SRs."""
+
+import asyncio
+import struct
+
+import pytest
+
+from sfu.consumer import RETRANSMISSION_CACHE_SIZE, Consumer
+from sfu.keyframe_request_manager import KeyFrameRequestManager
+from sfu.producer import Producer
+from sfu.rtp.packet import RtpHeader, build_rtp_packet, payload_offset
+from sfu.rtp.receive_statistics import ReceiveStatistics
+from sfu.rtp.rtcp import ntp_from_unix
+from sfu.sdp import Codec
+
+VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame header P=0
+VP8_DELTA = b"\x10\x01\x00\x00\x00"  # P=1
+VP8_CONTINUATION = b"\x00\x55\x55"  # not a partition start
+
+
+class Recorder:
+    def __init__(self):
+        self.packets: list[bytes] = []
+        self.plis: list[int] = []
+
+    def headers(self) -> list[RtpHeader]:
+        return [RtpHeader.parse(p) for p in self.packets]
+
+
+def make_producer(kind="video", recorder=None) -> Producer:
+    codec = Codec(96, "VP8", 90000) if kind == "video" else Codec(109, "opus", 48000, 2)
+    return Producer(
+        "TR_x",
+        "PA_pub",
+        kind,
+        "0",
+        [codec],
+        [],
+        "camera",
+        (recorder or Recorder()).plis.append,
+    )
+
+
+def make_consumer(producer: Producer, recorder: Recorder, payload_type=96) -> Consumer:
+    consumer = Consumer("CO_x", producer, "PA_sub", recorder.packets.append)
+    producer.add_consumer(consumer)
+    consumer.activate(payload_type)
+    return consumer
+
+
+def feed(producer: Producer, seq: int, ts: int, payload: bytes, marker=False, ssrc=0xAAAA):
+    stream = producer.streams.get(ssrc) or producer.add_stream(ssrc, None)
+    data = build_rtp_packet(
+        payload_type=producer.codec.payload_type,
+        sequence_number=seq,
+        timestamp=ts,
+        ssrc=ssrc,
+        payload=payload,
+        marker=marker,
+        extensions={1: b"0"},
+    )
+    producer.receive(stream, data, payload_offset(data), now=1000.0 + seq / 100)
+
+
+async def test_video_consumer_starts_on_key_frame_and_rewrites_header():
+    pub, sub = Recorder(), Recorder()
+    producer = make_producer(recorder=pub)
+    consumer = make_consumer(producer, sub, payload_type=98)
+    feed(producer, 10, 9000, VP8_DELTA)
+    assert sub.packets == [], "delta frames before the first key frame are not forwarded"
+    feed(producer, 11, 12000, VP8_KEY)
+    feed(producer, 12, 12000, VP8_CONTINUATION, marker=True)
+    feed(producer, 13, 15000, VP8_DELTA)
+    headers = sub.headers()
+    assert [h.payload_type for h in headers] == [98, 98, 98]
+    assert {h.ssrc for h in headers} == {consumer.ssrc}
+    assert [h.marker for h in headers] == [False, True, False]
+    seqs = [h.sequence_number for h in headers]
+    assert seqs == [seqs[0], (seqs[0] + 1) & 0xFFFF, (seqs[0] + 2) & 0xFFFF]
+    ts = [h.timestamp for h in headers]
+    assert (ts[1] - ts[0]) & 0xFFFFFFFF == 0 and (ts[2] - ts[0]) & 0xFFFFFFFF == 3000
+    assert headers[0].extensions == {}, "the publisher's header extensions are not forwarded"
+    assert sub.packets[0].endswith(VP8_KEY)
+    assert pub.plis, "a new video consumer asks the publisher for a key frame"
+
+
+@pytest.mark.parametrize("start", [65533, 0xFFFF, 0, 40000])
+def test_sequence_numbers_stay_continuous_across_source_wraparound(start):
+    sub = Recorder()
+    producer = make_producer("audio")
+    make_consumer(producer, sub, payload_type=111)
+    for i in range(6):
+        feed(producer, (start + i) & 0xFFFF, (0xFFFFFF00 + 960 * i) & 0xFFFFFFFF, b"opus")
+    seqs = [h.sequence_number for h in sub.headers()]
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2, 3, 4, 5]
+    ts = [h.timestamp for h in sub.headers()]
+    assert [(t - ts[0]) & 0xFFFFFFFF for t in ts] == [960 * i for i in range(6)]
+
+
+async def test_restart_continues_where_the_subscriber_stopped():
+    sub = Recorder()
+    producer = make_producer()
+    consumer = make_consumer(producer, sub)
+    feed(producer, 100, 1000, VP8_KEY)
+    feed(producer, 101, 4000, VP8_DELTA)
+    consumer.restart()
+    feed(producer, 500, 90000, VP8_DELTA)  # dropped: waiting for a key frame again
+    feed(producer, 501, 93000, VP8_KEY)
+    seqs = [h.sequence_number for h in sub.headers()]
+    assert len(seqs) == 3
+    assert (seqs[2] - seqs[1]) & 0xFFFF == 1, "no gap or jump back after a restart"
+    ts = [h.timestamp for h in sub.headers()]
+    assert 0 < (ts[2] - ts[1]) & 0xFFFFFFFF < 1 << 31, "timestamps only move forward"
+
+
+def test_out_of_order_packets_keep_their_relative_order():
+    sub = Recorder()
+    producer = make_producer("audio")
+    make_consumer(producer, sub, payload_type=111)
+    for seq in (10, 12, 11, 13):
+        feed(producer, seq, seq * 960, b"a")
+    seqs = [h.sequence_number for h in sub.headers()]
+    base = seqs[0]
+    assert [(s - base) & 0xFFFF for s in seqs] == [0, 2, 1, 3]
+
+
+def test_inactive_consumer_and_muted_producer_forward_nothing():
+    sub = Recorder()
+    producer = make_producer("audio")
+    consumer = make_consumer(producer, sub, payload_type=111)
+    consumer.deactivate()
+    feed(producer, 1, 960, b"a")
+    consumer.activate(111)
+    producer.muted = True
+    feed(producer, 2, 1920, b"a")
+    assert sub.packets == []
+    producer.muted = False
+    feed(producer, 3, 2880, b"a")
+    assert len(sub.packets) == 1
+
+
+def test_fan_out_gives_each_consumer_its_own_ssrc_and_sequence():
+    producer = make_producer("audio")
+    subs = [Recorder() for _ in range(3)]
+    consumers = [make_consumer(producer, r, payload_type=111) for r in subs]
+    consumers[1].id = "CO_y"
+    consumers[2].id = "CO_z"
+    producer.consumers = {c.id: c for c in consumers}
+    producer.add_consumer(consumers[0])
+    for seq in range(4):
+        feed(producer, seq, seq * 960, b"a")
+    assert [len(r.packets) for r in subs] == [4, 4, 4]
+    assert len({r.headers()[0].ssrc for r in subs}) == 3
+
+
+def test_nack_is_served_from_the_retransmission_cache():
+    sub = Recorder()
+    producer = make_producer("audio")
+    consumer = make_consumer(producer, sub, payload_type=111)
+    for seq in range(RETRANSMISSION_CACHE_SIZE + 10):
+        feed(producer, seq, seq * 960, struct.pack("!I", seq))
+    sent = sub.headers()
+    recent = sent[-5].sequence_number
+    evicted = sent[0].sequence_number
+    original = sub.packets[-5]
+    assert consumer.retransmit([recent, evicted]) == 1
+    assert sub.packets[-1] == original, "the same packet again (same SSRC and sequence)"
+    assert consumer.retransmissions == 1 and consumer.nacks_received == 1
+
+
+def test_sender_report_is_translated_from_the_publishers():
+    sub = Recorder()
+    producer = make_producer("audio")
+    consumer = make_consumer(producer, sub, payload_type=111)
+    assert consumer.sender_report(1000.0) is None, "no SR before anything was sent"
+    feed(producer, 1, 48000, b"a")
+    stream = next(iter(producer.streams.values()))
+    stream.statistics.add_sender_report(ntp_from_unix(1000.0), 48000, now=1000.0)
+    out_ts = sub.headers()[0].timestamp
+    report = consumer.sender_report(1000.5)
+    assert report is not None
+    assert report.ssrc == consumer.ssrc
+    assert report.rtp_timestamp == (out_ts + 24000) & 0xFFFFFFFF
+    assert abs(report.ntp_timestamp - ntp_from_unix(1000.5)) < 1 << 20
+    assert report.packet_count == 1 and report.octet_count == 1
+
+
+async def test_key_frame_requests_are_throttled_per_stream():
+    pub = Recorder()
+    producer = make_producer(recorder=pub)
+    feed(producer, 1, 0, VP8_DELTA)
+    assert len(pub.plis) == 1, "a new stream is asked for a key frame at once"
+    for _ in range(10):
+        producer.request_key_frame()
+    assert len(pub.plis) == 1, "requests within the interval wait"
+    await asyncio.sleep(0.4)
+    assert len(pub.plis) == 2, "and are folded into one retry"
+    await asyncio.sleep(0.4)
+    assert len(pub.plis) == 2
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([("request", 0.0)], [0.0]),
+        ([("request", 0.0), ("request", 0.1)], [0.0, pytest.approx(0.2)]),
+        ([("request", 0.0), ("request", 0.1), ("request", 0.2)], [0.0, pytest.approx(0.2), None]),
+        ([("request", 0.0), ("request", 0.5)], [0.0, 0.0]),
+    ],
+)
+def test_key_frame_request_manager(events, expected):
+    manager = KeyFrameRequestManager(min_interval=0.3)
+    assert [manager.request(now) for _, now in events] == expected
+
+
+def test_key_frame_request_manager_retry_is_cancelled_by_a_key_frame():
+    manager = KeyFrameRequestManager(min_interval=0.3)
+    manager.request(0.0)
+    manager.request(0.1)
+    manager.key_frame_received()
+    assert manager.retry(0.3) is False
+    assert manager.requests_sent == 1
+
+
+def test_receive_statistics_report_loss_jitter_and_lsr():
+    stats = ReceiveStatistics(ssrc=5, clock_rate=90000)
+    assert stats.report_block(0.0) is None
+    for i, seq in enumerate([65534, 65535, 1, 2]):  # seq 0 lost across the wrap
+        stats.add(seq, i * 3000, 100, now=i / 30)
+    stats.add_sender_report(ntp_from_unix(100.0), 3000, now=1.0)
+    block = stats.report_block(now=1.5)
+    assert block is not None
+    assert block.ssrc == 5
+    assert block.packets_lost == 1
+    assert block.fraction_lost == 256 // 5
+    assert block.highest_sequence == 65536 + 2
+    assert block.jitter < 5, "packets arrived exactly on their timestamps"
+    assert block.lsr == (ntp_from_unix(100.0) >> 16) & 0xFFFFFFFF
+    assert block.dlsr == 32768
+    second = stats.report_block(now=2.0)
+    assert second is not None and second.fraction_lost == 0, "the fraction is per interval"
