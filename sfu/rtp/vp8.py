@@ -196,6 +196,8 @@ def rewrite_vp8_descriptor(
     descriptor = _parse(buf, offset)
     if descriptor.picture_id is None:
         raise ValueError("VP8 descriptor has no picture id to rewrite")
+    if tl0picidx is not None and descriptor.tl0picidx is None:
+        raise ValueError("VP8 descriptor has no TL0PICIDX to rewrite")
     pos = offset + 2
     if descriptor.picture_id_length == 15:
         buf[pos] = _M | ((picture_id >> 8) & 0x7F)
@@ -205,6 +207,4 @@ def rewrite_vp8_descriptor(
         buf[pos] = picture_id & PICTURE_ID_7_BIT_MAX
         pos += 1
     if tl0picidx is not None:
-        if descriptor.tl0picidx is None:
-            raise ValueError("VP8 descriptor has no TL0PICIDX to rewrite")
         buf[pos] = tl0picidx & 0xFF
