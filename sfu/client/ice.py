@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 from sfu.protocol import IceCandidate, IceServer
@@ -28,13 +28,16 @@ def rtc_configuration(ice_servers: list[IceServer]) -> RTCConfiguration:
     """The peer-connection configuration for the ICE servers ``joined`` handed out.
 
     An empty list means no STUN/TURN at all (aiortc would otherwise use a public
-    STUN server).
+    STUN server). The server bundles every m-line; with aiortc's default
+    ``balanced`` policy, an offer adding two m-lines of one kind at once leaves the
+    second on a transport that bundling then discards, so ``max-bundle`` is used.
     """
     return RTCConfiguration(
         iceServers=[
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
             for s in ice_servers
-        ]
+        ],
+        bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
     )
 
 

@@ -182,6 +182,7 @@ class RoomClient:
         self,
         predicate: Callable[[RemoteTrack], bool] | None = None,
         *,
+        track_id: str | None = None,
         participant_id: str | None = None,
         kind: Literal["audio", "video"] | None = None,
         timeout: float | None = 10.0,
@@ -193,7 +194,8 @@ class RoomClient:
 
         def matches(remote: RemoteTrack) -> bool:
             return (
-                (participant_id is None or remote.participant_id == participant_id)
+                (track_id is None or remote.track_id == track_id)
+                and (participant_id is None or remote.participant_id == participant_id)
                 and (kind is None or remote.kind == kind)
                 and (predicate is None or predicate(remote))
             )

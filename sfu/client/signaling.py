@@ -178,8 +178,8 @@ class SignalingChannel:
         except ConnectionClosed:
             pass
         finally:
-            if self._ws.close_rcvd is not None and self._ws.close_rcvd.reason:
-                self._close_reason = f"closed by the server: {self._ws.close_rcvd.reason}"
+            if self._ws.close_reason:
+                self._close_reason = f"closed by the server: {self._ws.close_reason}"
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(SfuError(CONNECTION_CLOSED, self._close_reason))
