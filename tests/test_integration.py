@@ -195,3 +195,29 @@ async def test_mute_is_announced_to_the_others(join):
     with pytest.raises(SfuError) as refused:
         await speaker.mute("TR_unknown", True)
     assert refused.value.code == ErrorCode.UNKNOWN_TRACK
+
+
+async def test_reused_m_lines_carry_the_new_tracks(join):
+    """The server may recycle a departed publisher's m-lines (same MID, new SSRC)."""
+    watcher, first, second = [await join(identity) for identity in ("watcher", "first", "second")]
+    await publish_av(first)
+    await publish_av(second)
+    for kind in ("video", "audio"):
+        remote = await watcher.wait_for_track(
+            participant_id=first.participant_id, kind=kind, timeout=TRACK_TIMEOUT
+        )
+        await receive_frames(remote, 3)
+    await first.leave()
+    for _ in range(2):
+        await watcher.next_event("track_unpublished")
+
+    third = await join("third")
+    await publish_av(third)
+    for kind in ("video", "audio"):
+        remote = await watcher.wait_for_track(
+            participant_id=third.participant_id, kind=kind, timeout=TRACK_TIMEOUT
+        )
+        frames = await receive_frames(remote, 5)
+        if kind == "video":
+            assert {(frame.width, frame.height) for frame in frames} == {(WIDTH, HEIGHT)}
+    assert len(watcher.remote_tracks) == 4
