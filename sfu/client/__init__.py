@@ -1,11 +1,14 @@
 """A Python participant for the SFU: joins rooms like a browser does.
 
->>> token = await dev_token("http://127.0.0.1:8080", room="demo", identity="bot")
->>> async with await connect("http://127.0.0.1:8080", token, name="Bot") as room:
-...     await room.publish_tracks([(SyntheticVideoTrack(), "camera"),
-...                                (ToneAudioTrack(), "microphone")])
-...     remote = await room.wait_for_track(kind="video")
-...     frame = await remote.track.recv()
+Example::
+
+    token = await dev_token("http://127.0.0.1:8080", room="demo", identity="bot")
+    async with await connect("http://127.0.0.1:8080", token, name="Bot") as room:
+        await room.publish_tracks(
+            [(SyntheticVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+        )
+        remote = await room.wait_for_track(kind="video")
+        frame = await remote.track.recv()  # an av.VideoFrame
 """
 
 from sfu.client.errors import SfuError

@@ -64,7 +64,7 @@ class _Changed:
 
 
 class RoomClient:
-    """One participant in one room, joined through :func:`connect`.
+    """One participant in one room; create it with :func:`connect`.
 
     Other participants' tracks are subscribed to as the server offers them and
     appear in :attr:`remote_tracks`. Room events (``participant_joined``,
@@ -165,6 +165,7 @@ class RoomClient:
 
     async def publish_tracks(self, tracks: Sequence[tuple[MediaStreamTrack, Source]]) -> list[str]:
         """Publish several tracks in one negotiation; returns their track ids in order."""
+        self._raise_if_closed()
         return await _require(self._publisher).publish(tracks)
 
     async def mute(self, track_id: str, muted: bool = True) -> None:

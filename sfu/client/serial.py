@@ -24,11 +24,14 @@ class SerialQueue:
         self._task = asyncio.create_task(self._run(), name=name)
 
     def submit(self, operation: Callable[[], Awaitable[None]]) -> None:
-        """Queue ``operation``; an exception it raises is logged."""
-        self._queue.put_nowait((operation, None))
+        """Queue ``operation``; an exception it raises is logged. Ignored once closed."""
+        if not self._task.done():
+            self._queue.put_nowait((operation, None))
 
     async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Queue ``operation`` and return its result (or raise its exception)."""
+        if self._task.done():
+            raise RuntimeError(f"{self._name} is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((operation, future))
         return await future
