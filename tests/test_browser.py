@@ -176,6 +176,35 @@ def test_mute_shows_indicator_to_others(open_tab):
     assert speaker.uncaught_errors() == [] and listener.uncaught_errors() == []
 
 
+def test_late_joiner_after_a_leave_is_shown_in_its_own_tile(open_tab):
+    """The server may reuse the m-lines of a participant who left for a newcomer's
+    tracks (same mid, new track id): the page must re-map them on every offer."""
+    room = unique_room()
+    stayer = open_tab(room, "stayer")
+    leaver = open_tab(room, "leaver")
+    wait_for_media_from(stayer, [leaver])
+    leaver_id = leaver.participant_id
+    leaver.page.click("#leave")
+    stayer.remote_tile(leaver_id).wait_for(state="detached", timeout=UI_TIMEOUT_MS)
+
+    newcomer = open_tab(room, "newcomer")
+    newcomer_id = newcomer.participant_id
+    wait_for_media_from(stayer, [newcomer])
+    before = decoding_video(page_stats(stayer.page)).get(newcomer_id, 0)
+    stayer.page.wait_for_timeout(2000)
+    after = decoding_video(page_stats(stayer.page)).get(newcomer_id, 0)
+    assert after > before, f"video from newcomer stalled; {page_state(stayer.page)}"
+
+    assert remote_tile_names(stayer.page) == ["newcomer"]
+    kinds = stayer.page.evaluate(
+        """(id) => window.sfu.participants.get(id).stream.getTracks()
+            .filter((t) => t.readyState === "live").map((t) => t.kind).sort()""",
+        newcomer_id,
+    )
+    assert kinds == ["audio", "video"], page_state(stayer.page)
+    assert stayer.uncaught_errors() == [] and newcomer.uncaught_errors() == []
+
+
 def test_bad_message_shows_error_and_session_continues(open_tab):
     room = unique_room()
     first = open_tab(room, "first")
