@@ -50,6 +50,9 @@ SEND_QUEUE_LIMIT = 1024
 CLOSE_SEND_OVERFLOW = 1011
 _MAX_REPORTED_ERRORS = 3
 
+_endings: set[asyncio.Task[None]] = set()
+"""Session endings in progress (the event loop keeps only weak references to tasks)."""
+
 
 def get_worker(websocket: WebSocket) -> MediaWorker:
     """The media worker the lifespan handler put into the application state."""
@@ -103,27 +106,35 @@ class Session:
         finally:
             reader.cancel()
             overflow.cancel()
-            await asyncio.wait((reader, overflow))
-            self._closing = True
-            await self._leave()
-            if not self._overflow.is_set() and _result(reader) is _End.LEFT:
-                self._queue.put_nowait(None)  # flush what is queued, then stop
-                await writer
-            else:
-                writer.cancel()
-                await asyncio.wait((writer,))
-        match _result(reader):
-            case _End.DISCONNECTED:
-                pass
-            case _End.LEFT:
-                await self._close(1000, "left")
-            case _ if self._overflow.is_set():
-                await self._close(CLOSE_SEND_OVERFLOW, "client does not read fast enough")
-            case _:
-                logger.error(
-                    "signaling session %s failed", self._participant_id, exc_info=reader.exception()
-                )
-                await self._close(1011, "internal error")
+            # Shielded so that a cancelled handler (server shutdown) still leaves.
+            ending = asyncio.create_task(self._end(reader, writer))
+            _endings.add(ending)
+            ending.add_done_callback(_endings.discard)
+            await asyncio.shield(ending)
+
+    async def _end(self, reader: asyncio.Task[_End], writer: asyncio.Task[None]) -> None:
+        await asyncio.wait((reader,))
+        self._closing = True
+        await self._leave()
+        left = (
+            not reader.cancelled() and reader.exception() is None and reader.result() is _End.LEFT
+        )
+        if left and not self._overflow.is_set():
+            self._queue.put_nowait(None)  # flush what is queued, then stop
+            await writer
+        else:
+            writer.cancel()
+            await asyncio.wait((writer,))
+
+        if self._overflow.is_set():
+            await self._close(CLOSE_SEND_OVERFLOW, "client does not read fast enough")
+        elif reader.cancelled():
+            await self._close(1001, "server shutting down")
+        elif (error := reader.exception()) is not None:
+            logger.error("signaling session failed", exc_info=error)
+            await self._close(1011, "internal error")
+        elif left:
+            await self._close(1000, "left")
 
     def deliver(self, message: ServerMessage) -> None:
         """The participant's :data:`EventSink`: queue ``message``; never blocks or raises."""
@@ -232,12 +243,6 @@ class Session:
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             await self._websocket.close(code, reason)
-
-
-def _result(task: asyncio.Task[_End]) -> _End | None:
-    if task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
 
 
 def _parse(frame: Message) -> ClientMessage:
