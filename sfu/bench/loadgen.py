@@ -1,0 +1,155 @@
+"""A load-generator process: many benchmark participants on one event loop.
+
+The runner starts one or more of these with :func:`run_load_generator` and talks to
+each over a :mod:`multiprocessing` pipe: ``"stats"`` is answered with a
+:class:`LoadStats` of cumulative counters, ``"stop"`` ends the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Literal
+
+import uvloop
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from sfu.aiortc_adapter import use_host_addresses
+from sfu.bench.media import ClipParameters, load_clip, synthetic_audio
+from sfu.bench.participants import BenchPublisher, BenchSubscriber
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the participants' sessions to close on stop."""
+
+
+@dataclass(frozen=True)
+class ParticipantSpec:
+    role: Literal["publisher", "subscriber"]
+    token: str
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What one load-generator process runs."""
+
+    ws_url: str
+    participants: list[ParticipantSpec]
+    clip: ClipParameters
+    audio: bool
+    ice_address: str
+
+
+@dataclass
+class LoadStats:
+    """Cumulative counters of one load generator at ``time`` (monotonic seconds)."""
+
+    time: float
+    cpu_seconds: float
+    publishers: int = 0
+    publishers_connected: int = 0
+    subscribers: int = 0
+    tracks_receiving: int = 0
+    """Sum over subscribers of the offered tracks that media arrived on."""
+    packets_sent: int = 0
+    octets_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    packets_expected: int = 0
+    """Sum over the received SSRCs of (highest - first sequence number + 1)."""
+    key_frame_requests: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def run_load_generator(spec: LoadSpec, conn: Connection) -> None:
+    """Process entry point."""
+    logging.basicConfig(level=logging.WARNING, format="loadgen %(levelname)s %(name)s: %(message)s")
+    use_host_addresses([spec.ice_address])
+    uvloop.run(_LoadGenerator(spec, conn).run())
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in error.exceptions)
+    if str(error):
+        return f"{type(error).__name__}: {error}"
+    return "".join(traceback.format_exception(error)).strip()
+
+
+class _LoadGenerator:
+    def __init__(self, spec: LoadSpec, conn: Connection) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.publishers: list[BenchPublisher] = []
+        self.subscribers: list[BenchSubscriber] = []
+        self.errors: list[str] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        certificate = RTCCertificate.generateCertificate()
+        video = load_clip(self.spec.clip)
+        audio = synthetic_audio() if self.spec.audio else None
+        for participant in self.spec.participants:
+            if participant.role == "publisher":
+                self.publishers.append(
+                    BenchPublisher(self.spec.ws_url, participant.token, certificate, video, audio)
+                )
+            else:
+                self.subscribers.append(
+                    BenchSubscriber(self.spec.ws_url, participant.token, certificate)
+                )
+        everyone = [*self.publishers, *self.subscribers]
+        tasks = [asyncio.create_task(p.run()) for p in everyone]
+        for task in tasks:
+            task.add_done_callback(self._on_done)
+        loop.add_reader(self.conn.fileno(), self._on_command)
+        try:
+            await self._stop.wait()
+        finally:
+            loop.remove_reader(self.conn.fileno())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait_for(
+                asyncio.gather(*(p.close() for p in everyone), return_exceptions=True),
+                CLOSE_TIMEOUT,
+            )
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        self.errors.append("a participant left" if error is None else _describe(error))
+
+    def _on_command(self) -> None:
+        try:
+            command = self.conn.recv()
+        except EOFError:
+            self._stop.set()
+            return
+        if command == "stats":
+            self.conn.send(self.stats())
+        elif command == "stop":
+            self._stop.set()
+
+    def stats(self) -> LoadStats:
+        stats = LoadStats(time=time.monotonic(), cpu_seconds=time.process_time())
+        stats.publishers = len(self.publishers)
+        stats.subscribers = len(self.subscribers)
+        stats.errors = list(self.errors)
+        for publisher in self.publishers:
+            stats.publishers_connected += publisher.connected
+            stats.packets_sent += publisher.packets_sent
+            stats.octets_sent += publisher.octets_sent
+            stats.key_frame_requests += publisher.key_frame_requests
+        for subscriber in self.subscribers:
+            stats.tracks_receiving += subscriber.tracks_receiving
+            for stream in subscriber.streams.values():
+                stats.packets_received += stream.packets_received
+                stats.bytes_received += stream.bytes_received
+                stats.packets_expected += stream.packets_expected
+        return stats

@@ -1,0 +1,474 @@
+"""Lean benchmark participants on :class:`~sfu.aiortc_adapter.DtlsSrtpSession`.
+
+aiortc's ``RTCPeerConnection`` would depacketize and decode every frame, spending the
+CPU the benchmark measures on the same machine. These participants only speak the
+signaling protocol, negotiate with hand-built SDP, and send or count SRTP packets.
+
+- :class:`BenchPublisher` offers one VP8 video m-line (and optionally one Opus audio
+  m-line) as sendonly with the ``sdes:mid`` header extension, replays the pre-encoded
+  clip in real time, sends sender reports and answers a PLI by skipping to the clip's
+  next key frame.
+- :class:`BenchSubscriber` answers every subscribe offer with a recvonly answer built
+  from the offer, counts packets, bytes and sequence gaps per SSRC and sends receiver
+  reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from aiortc.rtcdtlstransport import RTCCertificate
+from pydantic import BaseModel
+from websockets.asyncio.client import ClientConnection, connect
+
+from sfu.aiortc_adapter import DtlsSrtpSession, RemoteParameters
+from sfu.bench.media import Clip, Replay
+from sfu.protocol import (
+    ErrorMessage,
+    JoinMessage,
+    PublishAnswerMessage,
+    PublishOfferMessage,
+    SubscribeAnswerMessage,
+    SubscribeOfferMessage,
+    TrackInfo,
+)
+from sfu.rtp import rtcp
+from sfu.rtp.extensions import SDES_MID, encode_sdes
+from sfu.rtp.receive_statistics import ReceiveStatistics
+from sfu.sdp import (
+    HeaderExtension,
+    LocalTransport,
+    MediaSection,
+    OutgoingMedia,
+    SessionDescription,
+    TransportInfo,
+    create_subscribe_offer,
+    default_outgoing_codecs,
+)
+from sfu.transport import parse_candidate
+
+logger = logging.getLogger(__name__)
+
+RTCP_INTERVAL = 1.0
+"""Seconds between sender reports (publishers) and receiver reports (subscribers)."""
+MAX_LAG = 0.5
+"""Seconds a sender may fall behind its real-time schedule before it stops catching up
+(a real sender would have dropped those frames, not burst them)."""
+MID_EXTENSION_ID = 1
+CONNECT_TIMEOUT = 30.0
+
+_HEADER = struct.Struct("!BBHII")
+_SEQ_TS = struct.Struct("!HI")
+_SSRC = struct.Struct("!I")
+
+
+class BenchError(Exception):
+    """A participant could not join, negotiate or connect."""
+
+
+def _local_transport(session: DtlsSrtpSession) -> LocalTransport:
+    return LocalTransport(
+        ice_ufrag=session.ice_ufrag,
+        ice_pwd=session.ice_pwd,
+        fingerprints=session.fingerprints(),
+        candidates=list(dict.fromkeys(c.to_sdp() for c in session.local_candidates())),
+    )
+
+
+async def _connect_session(session: DtlsSrtpSession, remote: TransportInfo) -> None:
+    """Run ICE and DTLS against the SFU, which is always the DTLS server."""
+    if not remote.ice_ufrag or not remote.ice_pwd or not remote.fingerprints:
+        raise BenchError("the SFU's SDP has no ICE credentials or DTLS fingerprint")
+    for value in remote.candidates:
+        candidate = parse_candidate(value)
+        if candidate.transport.lower() == "udp":
+            await session.add_remote_candidate(candidate)
+    await session.add_remote_candidate(None)
+    params = RemoteParameters(
+        ice_ufrag=remote.ice_ufrag,
+        ice_pwd=remote.ice_pwd,
+        fingerprints=remote.fingerprints,
+        # The SFU answers a=setup:passive, or offers actpass and gets our active:
+        # either way it ends up passive and we are the DTLS client.
+        setup="passive",
+        ice_lite=remote.ice_lite,
+    )
+    try:
+        await asyncio.wait_for(session.start(params), CONNECT_TIMEOUT)
+    except (ConnectionError, TimeoutError) as exc:
+        raise BenchError(f"ICE/DTLS with the SFU failed: {exc or 'timeout'}") from exc
+
+
+class _Participant:
+    """The signaling side shared by publishers and subscribers."""
+
+    def __init__(self, url: str, token: str, certificate: RTCCertificate) -> None:
+        self.url = url
+        self.token = token
+        self.session: DtlsSrtpSession | None = None
+        self._certificate = certificate
+        self._ws: ClientConnection | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+
+    def _new_session(self, ice_controlling: bool) -> DtlsSrtpSession:
+        return DtlsSrtpSession(
+            self._certificate,
+            ice_controlling=ice_controlling,
+            on_rtp=self._on_rtp,
+            on_rtcp=self._on_rtcp,
+            on_error=self._on_packet_error,
+        )
+
+    def _on_rtp(self, data: bytes) -> None:
+        """An unprotected RTP packet from the SFU."""
+
+    def _on_rtcp(self, data: bytes) -> None:
+        """An unprotected RTCP compound from the SFU."""
+
+    def _on_packet_error(self, exc: Exception) -> None:
+        logger.error("error in a packet handler", exc_info=exc)
+
+    async def run(self) -> None:
+        """Join, negotiate and keep the session going until cancelled or closed.
+
+        Background work (connecting, sending media and reports) runs in a task group:
+        if any of it fails, the whole participant fails with an ExceptionGroup.
+        """
+        async with connect(self.url, max_size=4 * 1024 * 1024) as ws, asyncio.TaskGroup() as tasks:
+            self._ws = ws
+            self._tasks = tasks
+            await self._send(JoinMessage(token=self.token))
+            await self._receive("joined")
+            await self._negotiate()
+            while True:
+                await self._handle(await self._next_message())
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background for as long as the participant runs."""
+        assert self._tasks is not None
+        self._tasks.create_task(work)
+
+    async def close(self) -> None:
+        """Close the media session (after the :meth:`run` task was cancelled)."""
+        if self.session is not None:
+            await self.session.close()
+
+    async def _negotiate(self) -> None:
+        """What the participant does right after joining."""
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        """A server message arriving after :meth:`_negotiate`."""
+
+    async def _send(self, message: BaseModel) -> None:
+        assert self._ws is not None
+        await self._ws.send(message.model_dump_json(exclude_none=True))
+
+    async def _next_message(self) -> dict[str, Any]:
+        assert self._ws is not None
+        message: dict[str, Any] = json.loads(await self._ws.recv())
+        if message.get("type") == "error":
+            error = ErrorMessage.model_validate(message)
+            if error.fatal:
+                raise BenchError(f"the SFU closed the session: {error.code}: {error.message}")
+            logger.warning("SFU error: %s: %s", error.code, error.message)
+        return message
+
+    async def _receive(self, message_type: str) -> dict[str, Any]:
+        """The next message of ``message_type``; others in between are ignored."""
+        while True:
+            message = await self._next_message()
+            if message.get("type") == message_type:
+                return message
+            if message.get("type") == "error":
+                raise BenchError(f"the SFU refused: {message.get('message')}")
+
+
+class _TrackSender:
+    """One outgoing RTP stream: a replayed clip with continuous sequence and timestamps."""
+
+    def __init__(self, clip: Clip, payload_type: int, mid: str) -> None:
+        self.replay = Replay(clip)
+        self.clock_rate = clip.clock_rate
+        self.payload_type = payload_type
+        self.mid = mid
+        self.ssrc = secrets.randbits(32) or 1
+        self.sequence = secrets.randbits(16)
+        self.timestamp = secrets.randbits(32)
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self._extension = b""
+        self._last_frame_time = 0.0
+
+    def set_mid_extension(self, extension_id: int) -> None:
+        """Put the MID in every packet, as a one-byte RFC 8285 extension."""
+        value = encode_sdes(self.mid)
+        element = bytes([(extension_id << 4) | (len(value) - 1)]) + value
+        element += bytes(-len(element) % 4)
+        self._extension = struct.pack("!HH", 0xBEDE, len(element) // 4) + element
+
+    async def run(self, send_rtp: Callable[[bytes], None]) -> None:
+        """Send frames paced by their timestamps, forever."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        elapsed = 0
+        first_byte = 0x90 if self._extension else 0x80
+        while True:
+            frame = self.replay.next_frame()
+            elapsed += frame.timestamp_delta
+            delay = start + elapsed / self.clock_rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -MAX_LAG:
+                start -= delay
+            self.timestamp = (self.timestamp + frame.timestamp_delta) & 0xFFFFFFFF
+            self._last_frame_time = time.time()
+            last = len(frame.payloads) - 1
+            for i, payload in enumerate(frame.payloads):
+                header = _HEADER.pack(
+                    first_byte,
+                    (0x80 if i == last else 0) | self.payload_type,
+                    self.sequence,
+                    self.timestamp,
+                    self.ssrc,
+                )
+                send_rtp(header + self._extension + payload)
+                self.sequence = (self.sequence + 1) & 0xFFFF
+                self.packets_sent += 1
+                self.octets_sent += len(payload)
+
+    def sender_report(self, now: float) -> rtcp.SenderReport:
+        rtp = self.timestamp + int((now - self._last_frame_time) * self.clock_rate)
+        return rtcp.SenderReport(
+            ssrc=self.ssrc,
+            ntp_timestamp=rtcp.ntp_from_unix(now),
+            rtp_timestamp=rtp & 0xFFFFFFFF,
+            packet_count=self.packets_sent & 0xFFFFFFFF,
+            octet_count=self.octets_sent & 0xFFFFFFFF,
+        )
+
+
+class BenchPublisher(_Participant):
+    """Publishes the pre-encoded VP8 clip (and optionally synthetic audio)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        certificate: RTCCertificate,
+        video: Clip,
+        audio: Clip | None = None,
+    ) -> None:
+        super().__init__(url, token, certificate)
+        self.video = _TrackSender(video, payload_type=96, mid="0")
+        self.tracks = [self.video]
+        if audio is not None:
+            self.tracks.append(_TrackSender(audio, payload_type=111, mid="1"))
+        self.connected = False
+        self.key_frame_requests = 0
+
+    @property
+    def packets_sent(self) -> int:
+        return sum(track.packets_sent for track in self.tracks)
+
+    @property
+    def octets_sent(self) -> int:
+        return sum(track.octets_sent for track in self.tracks)
+
+    def _offer(self, local: LocalTransport) -> SessionDescription:
+        media = []
+        cname = secrets.token_hex(8)
+        for track in self.tracks:
+            kind = "video" if track is self.video else "audio"
+            codecs = [
+                c for c in default_outgoing_codecs(kind) if c.payload_type == track.payload_type
+            ]
+            media.append(
+                OutgoingMedia(
+                    mid=track.mid,
+                    kind=kind,
+                    codecs=codecs,
+                    header_extensions=[HeaderExtension(MID_EXTENSION_ID, SDES_MID)],
+                    ssrc=track.ssrc,
+                    rtx_ssrc=None,
+                    cname=cname,
+                    stream_id=f"bench-{cname}",
+                    track_id=f"{kind}-{cname}",
+                )
+            )
+        # A publisher's offer has exactly the shape of the SFU's subscribe offer.
+        return create_subscribe_offer(local, media, secrets.randbits(62), 1)
+
+    async def _negotiate(self) -> None:
+        self.session = self._new_session(ice_controlling=True)
+        await self.session.gather()
+        offer = self._offer(_local_transport(self.session))
+        await self._send(
+            PublishOfferMessage(
+                sdp=str(offer),
+                tracks={
+                    track.mid: TrackInfo(source="camera" if track is self.video else "microphone")
+                    for track in self.tracks
+                },
+            )
+        )
+        reply = PublishAnswerMessage.model_validate(await self._receive("publish_answer"))
+        answer = SessionDescription.parse(reply.sdp)
+        for track in self.tracks:
+            section = answer.media_by_mid(track.mid)
+            if section is None or section.rejected:
+                raise BenchError(f"the SFU rejected the {track.mid!r} m-line")
+            extension_id = section.header_extension_ids().get(SDES_MID)
+            if extension_id is not None:
+                track.set_mid_extension(extension_id)
+        await _connect_session(self.session, answer.transport(answer.media[0]))
+        self.connected = True
+        for track in self.tracks:
+            self._start(track.run(self.session.send_rtp))
+        self._start(self._send_reports())
+
+    async def _send_reports(self) -> None:
+        assert self.session is not None
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL)
+            now = time.time()
+            compound = b"".join(bytes(track.sender_report(now)) for track in self.tracks)
+            self.session.send_rtcp(compound)
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_rtcp(data)
+        except ValueError:
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.PictureLossIndication | rtcp.FullIntraRequest):
+                self.key_frame_requests += 1
+                self.video.replay.skip_to_key_frame()
+
+
+def create_recvonly_answer(
+    offer: SessionDescription, local: LocalTransport, version: int
+) -> SessionDescription:
+    """Answer the SFU's subscribe offer: receive every sendonly m-line with its first
+    codec, keep the others inactive, take the DTLS client role."""
+    answer = SessionDescription(
+        session_id=offer.session_id,
+        session_version=version,
+        bundle_groups=[list(group) for group in offer.bundle_groups[:1]],
+        msid_semantic="WMS",
+        extmap_allow_mixed=offer.extmap_allow_mixed,
+    )
+    for offered in offer.media:
+        receiving = offered.direction in ("sendonly", "sendrecv")
+        codecs = [c for c in offered.codecs if not c.is_rtx][:1]
+        section = MediaSection(
+            kind=offered.kind,
+            port=9 if codecs else 0,
+            protocol=offered.protocol,
+            formats=[str(c.payload_type) for c in codecs] or offered.formats[:1],
+            mid=offered.mid,
+            direction="recvonly" if receiving and codecs else "inactive",
+            host="0.0.0.0",
+            codecs=[replace(c, parameters=dict(c.parameters)) for c in codecs],
+            header_extensions=[replace(ext, direction=None) for ext in offered.header_extensions],
+            rtcp_mux=True,
+            rtcp_rsize=offered.rtcp_rsize,
+            ice_ufrag=local.ice_ufrag,
+            ice_pwd=local.ice_pwd,
+            fingerprints=list(local.fingerprints),
+            setup="active",
+            candidates=list(local.candidates),
+            end_of_candidates=True,
+        )
+        answer.media.append(section)
+    return answer
+
+
+class BenchSubscriber(_Participant):
+    """Receives every track of the room and counts what arrives."""
+
+    def __init__(self, url: str, token: str, certificate: RTCCertificate) -> None:
+        super().__init__(url, token, certificate)
+        self.streams: dict[int, ReceiveStatistics] = {}
+        """Receive statistics by SSRC, for every SSRC that sent a packet."""
+        self.expected_ssrcs: set[int] = set()
+        """The SSRCs of the sendonly m-lines in the latest offer."""
+        self.rtcp_ssrc = secrets.randbits(32) or 1
+        self._clock_rates: dict[int, int] = {}
+        self._connecting = False
+
+    @property
+    def tracks_receiving(self) -> int:
+        """How many of the currently offered tracks media has arrived on."""
+        return len(self.expected_ssrcs & self.streams.keys())
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "subscribe_offer":
+            return
+        offer_message = SubscribeOfferMessage.model_validate(message)
+        offer = SessionDescription.parse(offer_message.sdp)
+        if self.session is None:
+            self.session = self._new_session(ice_controlling=False)
+            await self.session.gather()
+        answer = create_recvonly_answer(
+            offer, _local_transport(self.session), offer_message.revision
+        )
+        expected: set[int] = set()
+        for section in offer.media:
+            if section.direction != "sendonly" or not section.codecs:
+                continue
+            for ssrc in section.ssrcs:
+                expected.add(ssrc)
+                self._clock_rates[ssrc] = section.codecs[0].clock_rate
+        self.expected_ssrcs = expected
+        await self._send(SubscribeAnswerMessage(sdp=str(answer), revision=offer_message.revision))
+        if not self._connecting and offer.media:
+            self._connecting = True
+            self._start(self._connect(offer.transport(offer.media[0])))
+
+    async def _connect(self, remote: TransportInfo) -> None:
+        assert self.session is not None
+        await _connect_session(self.session, remote)
+        await self._send_reports()
+
+    def _on_rtp(self, data: bytes) -> None:
+        ssrc = _SSRC.unpack_from(data, 8)[0]
+        stream = self.streams.get(ssrc)
+        if stream is None:
+            stream = ReceiveStatistics(ssrc, self._clock_rates.get(ssrc, 90000))
+            self.streams[ssrc] = stream
+        sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
+        stream.add(sequence, timestamp, len(data), time.time())
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_rtcp(data)
+        except ValueError:
+            return
+        now = time.time()
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport):
+                stream = self.streams.get(packet.ssrc)
+                if stream is not None:
+                    stream.add_sender_report(packet.ntp_timestamp, packet.rtp_timestamp, now)
+
+    async def _send_reports(self) -> None:
+        assert self.session is not None
+        while True:
+            await asyncio.sleep(RTCP_INTERVAL)
+            now = time.time()
+            blocks = [
+                block
+                for stream in list(self.streams.values())
+                if (block := stream.report_block(now)) is not None
+            ]
+            for i in range(0, len(blocks), rtcp.MAX_COUNT):
+                report = rtcp.ReceiverReport(self.rtcp_ssrc, blocks[i : i + rtcp.MAX_COUNT])
+                self.session.send_rtcp(bytes(report))

@@ -1,0 +1,613 @@
+"""The forwarding benchmark: ``python -m sfu.bench``.
+
+For each scenario (``PxS``: P publishers, S subscribers, every subscriber receiving
+every publisher) the runner starts load-generator processes, waits until media flows
+on every track, lets it settle, then measures over ``--duration`` seconds:
+
+- packets in/s: what the publishers sent (what reached the server, on loopback);
+- packets out/s: what the subscribers received;
+- server CPU %: user + system time of the server process (all its threads) from
+  ``/proc/<pid>/stat``, as a percentage of one core;
+- µs/packet: server CPU time divided by the packets forwarded (received by subscribers);
+- loss %: sequence gaps over expected packets at the subscribers.
+
+Unless ``--server`` is given, the runner starts ``python -m sfu serve`` itself and stops
+it at the end. Tokens are minted locally with the ``SFU_API_KEY``/``SFU_API_SECRET``
+settings (the development defaults unless set), so that publishers get publish-only and
+subscribers subscribe-only grants: a server given with ``--server`` must share them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from sfu.bench.loadgen import LoadSpec, LoadStats, ParticipantSpec, run_load_generator
+from sfu.bench.media import Clip, ClipParameters, is_cached, load_clip
+from sfu.config import Settings
+from signaling.auth import mint_token
+
+STARTUP_TIMEOUT = 30.0
+"""Seconds for a spawned server to answer /healthz."""
+CONNECT_TIMEOUT_BASE = 30.0
+CONNECT_TIMEOUT_PER_PARTICIPANT = 0.5
+"""Seconds allowed for everyone to join and media to flow on every track."""
+STATS_TIMEOUT = 10.0
+"""Seconds a load generator has to answer a stats request."""
+LOAD_GENERATOR_BUSY_PERCENT = 85.0
+"""Above this CPU use a load generator may be the bottleneck; the runner says so."""
+
+_SCENARIO = re.compile(r"(\d+)x(\d+)")
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark could not run (server, load generator or participants failed)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    publishers: int
+    subscribers: int
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        match = _SCENARIO.fullmatch(text.strip())
+        if match is None:
+            raise argparse.ArgumentTypeError(f"expected PUBLISHERSxSUBSCRIBERS, got {text!r}")
+        scenario = cls(int(match[1]), int(match[2]))
+        if scenario.publishers < 1 or scenario.subscribers < 1:
+            raise argparse.ArgumentTypeError("a scenario needs a publisher and a subscriber")
+        return scenario
+
+    def __str__(self) -> str:
+        return f"{self.publishers}x{self.subscribers}"
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario measured; rates are per second over ``duration``."""
+
+    publishers: int
+    subscribers: int
+    duration: float
+    packets_in_per_second: float
+    packets_out_per_second: float
+    megabits_in_per_second: float
+    megabits_out_per_second: float
+    server_cpu_percent: float | None
+    """Of one core; None when the server's process is unknown."""
+    server_cpu_us_per_packet: float | None
+    """Server CPU time per forwarded (received by a subscriber) packet."""
+    loss_percent: float
+    load_generator_cpu_percent: float
+    """Of one core, all load-generator processes together."""
+    key_frame_requests: int
+    """PLIs/FIRs the publishers received during the measurement."""
+
+
+@dataclass
+class _Sample:
+    time: float
+    server_cpu: float | None
+    stats: LoadStats
+
+
+@dataclass(frozen=True)
+class _Server:
+    url: str
+    pid: int | None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and all its threads (Linux)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the parenthesized command name start at field 3 (state);
+    # utime and stime are fields 14 and 15.
+    rest = text[text.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(server: _Server) -> float | None:
+    if server.pid is None:
+        return None
+    try:
+        return process_cpu_seconds(server.pid)
+    except OSError as exc:
+        raise BenchmarkError(f"cannot read the server's CPU time: {exc}") from exc
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+def _websocket_url(url: str) -> str:
+    """The signaling socket of the server at the http(s) base URL ``url``."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme)
+    if scheme is None:
+        raise BenchmarkError(f"not an http(s) URL: {url!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _spawned_server(ice_address: str) -> Iterator[_Server]:
+    """``python -m sfu serve`` on a free loopback port, stopped on exit."""
+    host = "127.0.0.1"
+    port = _free_port(host)
+    command = [
+        sys.executable,
+        "-m",
+        "sfu",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ice-address",
+        ice_address,
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://{host}:{port}"
+    with tempfile.TemporaryDirectory(prefix="sfu-bench-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+        def failure(reason: str) -> BenchmarkError:
+            tail = log_path.read_text(errors="replace")[-4000:]
+            return BenchmarkError(f"{shlex.join(command)}: {reason}\n{tail}")
+
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not _healthy(url):
+                if process.poll() is not None:
+                    raise failure(f"exited with status {process.returncode}")
+                if time.monotonic() > deadline:
+                    raise failure(f"no answer on /healthz after {STARTUP_TIMEOUT:.0f} s")
+                time.sleep(0.1)
+            yield _Server(url, process.pid)
+            if process.poll() is not None:
+                raise failure(f"exited with status {process.returncode} during the run")
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+# --- load generators ------------------------------------------------------------------
+
+
+class _LoadGenerators:
+    """The load-generator processes of one scenario."""
+
+    def __init__(self, specs: list[LoadSpec]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._processes: list[BaseProcess] = []
+        self._pipes: list[Connection] = []
+        for spec in specs:
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=run_load_generator, args=(spec, theirs), name="sfu-bench-loadgen"
+            )
+            process.start()
+            theirs.close()
+            self._processes.append(process)
+            self._pipes.append(ours)
+
+    def stats(self) -> LoadStats:
+        """The counters of every process, summed; raises if a participant failed."""
+        for pipe in self._pipes:
+            self._send(pipe, "stats")
+        total = LoadStats(time=time.monotonic(), cpu_seconds=0.0)
+        for pipe, process in zip(self._pipes, self._processes, strict=True):
+            if not pipe.poll(STATS_TIMEOUT):
+                raise BenchmarkError(f"load generator {process.pid} does not answer")
+            try:
+                stats: LoadStats = pipe.recv()
+            except EOFError as exc:
+                raise BenchmarkError(
+                    f"load generator {process.pid} exited ({process.exitcode})"
+                ) from exc
+            for field in fields(LoadStats):
+                if field.name != "time":
+                    setattr(
+                        total, field.name, getattr(total, field.name) + getattr(stats, field.name)
+                    )
+        if total.errors:
+            shown = "\n  ".join(total.errors[:5])
+            raise BenchmarkError(f"{len(total.errors)} participant(s) failed:\n  {shown}")
+        return total
+
+    @staticmethod
+    def _send(pipe: Connection, command: str) -> None:
+        try:
+            pipe.send(command)
+        except OSError as exc:
+            raise BenchmarkError(f"a load generator is gone: {exc}") from exc
+
+    def stop(self) -> None:
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError):
+                pipe.send("stop")
+        for process in self._processes:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for pipe in self._pipes:
+            pipe.close()
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class _Progress:
+    """One status line rewritten in place (only on a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        if not self._live:
+            return
+        self._stream.write("\r" + text.ljust(self._width))
+        self._stream.flush()
+        self._width = len(text)
+
+    def done(self) -> None:
+        if self._live and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
+
+
+# --- one scenario ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float
+    warmup: float
+    processes: int
+    audio: bool
+    clip: ClipParameters
+    ice_address: str
+
+
+def _load_specs(
+    scenario: Scenario, server: _Server, options: Options, settings: Settings
+) -> list[LoadSpec]:
+    room = f"bench-{secrets.token_hex(4)}"
+
+    def token(identity: str, publisher: bool) -> str:
+        return mint_token(
+            settings.api_key,
+            settings.api_secret,
+            room=room,
+            identity=identity,
+            can_publish=publisher,
+            can_subscribe=not publisher,
+        )
+
+    participants = [
+        ParticipantSpec("publisher", token(f"pub-{i}", True)) for i in range(scenario.publishers)
+    ] + [
+        ParticipantSpec("subscriber", token(f"sub-{i}", False)) for i in range(scenario.subscribers)
+    ]
+    count = max(1, min(options.processes, len(participants)))
+    return [
+        LoadSpec(
+            ws_url=_websocket_url(server.url),
+            participants=participants[i::count],
+            clip=options.clip,
+            audio=options.audio,
+            ice_address=options.ice_address,
+        )
+        for i in range(count)
+    ]
+
+
+def _sample(generators: _LoadGenerators, server: _Server) -> _Sample:
+    stats = generators.stats()
+    return _Sample(time.monotonic(), _server_cpu(server), stats)
+
+
+def _wait_for_media(
+    generators: _LoadGenerators, scenario: Scenario, tracks: int, progress: _Progress
+) -> None:
+    participants = scenario.publishers + scenario.subscribers
+    timeout = CONNECT_TIMEOUT_BASE + CONNECT_TIMEOUT_PER_PARTICIPANT * participants
+    expected = scenario.publishers * tracks * scenario.subscribers
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = generators.stats()
+        if stats.publishers_connected == scenario.publishers and stats.tracks_receiving == expected:
+            return
+        progress.show(
+            f"[{scenario}] connecting: {stats.publishers_connected}/{scenario.publishers}"
+            f" publishers, media on {stats.tracks_receiving}/{expected} subscribed tracks"
+        )
+        if time.monotonic() > deadline:
+            raise BenchmarkError(
+                f"[{scenario}] after {timeout:.0f} s only {stats.publishers_connected}"
+                f"/{scenario.publishers} publishers connected and"
+                f" {stats.tracks_receiving}/{expected} subscribed tracks carry media"
+            )
+        time.sleep(0.5)
+
+
+def _rate(later: _Sample, earlier: _Sample, name: str) -> float:
+    elapsed = later.time - earlier.time
+    delta: float = getattr(later.stats, name) - getattr(earlier.stats, name)
+    return delta / elapsed if elapsed > 0 else 0.0
+
+
+def _cpu_percent(later: _Sample, earlier: _Sample) -> float | None:
+    if later.server_cpu is None or earlier.server_cpu is None:
+        return None
+    return 100 * (later.server_cpu - earlier.server_cpu) / (later.time - earlier.time)
+
+
+def _measure(
+    generators: _LoadGenerators,
+    server: _Server,
+    scenario: Scenario,
+    options: Options,
+    progress: _Progress,
+) -> tuple[_Sample, _Sample]:
+    settle_until = time.monotonic() + options.warmup
+    while time.monotonic() < settle_until:
+        progress.show(f"[{scenario}] media flowing, settling for {options.warmup:.0f} s")
+        time.sleep(min(0.5, max(0.0, settle_until - time.monotonic())))
+    start = previous = _sample(generators, server)
+    tick = 1
+    while tick <= options.duration:
+        time.sleep(max(0.0, start.time + min(tick, options.duration) - time.monotonic()))
+        current = _sample(generators, server)
+        cpu = _cpu_percent(current, previous)
+        progress.show(
+            f"[{scenario}] {current.time - start.time:4.0f}/{options.duration:.0f} s"
+            f"  in {_rate(current, previous, 'packets_sent'):7.0f} pps"
+            f"  out {_rate(current, previous, 'packets_received'):7.0f} pps"
+            f"  server CPU {'n/a' if cpu is None else f'{cpu:3.0f}%'}"
+        )
+        previous = current
+        tick += 1
+    return start, previous
+
+
+def run_scenario(
+    scenario: Scenario, server: _Server, options: Options, progress: _Progress
+) -> ScenarioResult:
+    """Run one scenario against a running server and measure it."""
+    specs = _load_specs(scenario, server, options, Settings())
+    generators = _LoadGenerators(specs)
+    try:
+        _wait_for_media(generators, scenario, 2 if options.audio else 1, progress)
+        start, end = _measure(generators, server, scenario, options, progress)
+    finally:
+        progress.done()
+        generators.stop()
+    elapsed = end.time - start.time
+    packets_out = end.stats.packets_received - start.stats.packets_received
+    expected = end.stats.packets_expected - start.stats.packets_expected
+    cpu = None
+    if end.server_cpu is not None and start.server_cpu is not None:
+        cpu = end.server_cpu - start.server_cpu
+    return ScenarioResult(
+        publishers=scenario.publishers,
+        subscribers=scenario.subscribers,
+        duration=round(elapsed, 3),
+        packets_in_per_second=_rate(end, start, "packets_sent"),
+        packets_out_per_second=packets_out / elapsed,
+        megabits_in_per_second=_rate(end, start, "octets_sent") * 8 / 1e6,
+        megabits_out_per_second=_rate(end, start, "bytes_received") * 8 / 1e6,
+        server_cpu_percent=None if cpu is None else 100 * cpu / elapsed,
+        server_cpu_us_per_packet=None
+        if cpu is None or not packets_out
+        else 1e6 * cpu / packets_out,
+        loss_percent=max(0.0, 100 * (expected - packets_out) / expected) if expected else 0.0,
+        load_generator_cpu_percent=100
+        * (end.stats.cpu_seconds - start.stats.cpu_seconds)
+        / elapsed,
+        key_frame_requests=end.stats.key_frame_requests - start.stats.key_frame_requests,
+    )
+
+
+# --- output ---------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("publishers", "{:d}"),
+    ("subscribers", "{:d}"),
+    ("packets in/s", "{:.0f}"),
+    ("packets out/s", "{:.0f}"),
+    ("server CPU %", "{:.1f}"),
+    ("µs/packet", "{:.2f}"),
+    ("loss %", "{:.2f}"),
+)
+
+
+def format_table(results: Sequence[ScenarioResult]) -> str:
+    """A plain-text table of the scenarios, one row each."""
+    rows = []
+    for r in results:
+        values = (
+            r.publishers,
+            r.subscribers,
+            r.packets_in_per_second,
+            r.packets_out_per_second,
+            r.server_cpu_percent,
+            r.server_cpu_us_per_packet,
+            r.loss_percent,
+        )
+        rows.append(
+            [
+                "n/a" if value is None else fmt.format(value)
+                for (_, fmt), value in zip(_COLUMNS, values, strict=True)
+            ]
+        )
+    headers = [name for name, _ in _COLUMNS]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sfu.bench",
+        description="Measure the SFU's forwarding cost: server CPU per forwarded packet.",
+    )
+    parser.add_argument("--publishers", type=int, default=1, help="publishers (default 1)")
+    parser.add_argument("--subscribers", type=int, default=10, help="subscribers (default 10)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        type=Scenario.parse,
+        metavar="PxS",
+        help="P publishers x S subscribers, repeatable; replaces --publishers/--subscribers",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=20.0, help="measured seconds per scenario (default 20)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="seconds between media flowing everywhere and the measurement (default 3)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="benchmark this running server (its http URL) instead of spawning one",
+    )
+    parser.add_argument(
+        "--server-pid", type=int, help="process id of the --server, for its CPU time"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="load-generator processes (default 1)"
+    )
+    parser.add_argument("--audio", action="store_true", help="publishers add a 50 pps audio track")
+    parser.add_argument(
+        "--bitrate", type=int, default=3000, help="video bitrate in kbit/s (default 3000)"
+    )
+    parser.add_argument(
+        "--ice-address",
+        default="127.0.0.1",
+        help="address the load generators (and a spawned server) use for ICE",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def _clip(params: ClipParameters, err: TextIO) -> Clip:
+    if not is_cached(params):
+        err.write(f"encoding the {params.width}x{params.height} VP8 clip once (then cached)…\n")
+        err.flush()
+    return load_clip(params)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(args_list)
+    scenarios: list[Scenario] = args.scenario or [Scenario(args.publishers, args.subscribers)]
+    if args.duration <= 0 or args.processes < 1:
+        _parser().error("--duration and --processes must be positive")
+    options = Options(
+        duration=args.duration,
+        warmup=args.warmup,
+        processes=args.processes,
+        audio=args.audio,
+        clip=ClipParameters(bitrate=args.bitrate * 1000),
+        ice_address=args.ice_address,
+    )
+    command = shlex.join(["python", "-m", "sfu.bench", *args_list])
+    progress = _Progress(sys.stderr)
+    try:
+        clip = _clip(options.clip, sys.stderr)
+        with contextlib.ExitStack() as stack:
+            if args.server:
+                server = _Server(args.server.rstrip("/"), args.server_pid)
+            else:
+                server = stack.enter_context(_spawned_server(options.ice_address))
+            results = []
+            for scenario in scenarios:
+                result = run_scenario(scenario, server, options, progress)
+                if (
+                    result.load_generator_cpu_percent
+                    > LOAD_GENERATOR_BUSY_PERCENT * options.processes
+                ):
+                    sys.stderr.write(
+                        f"[{scenario}] warning: the load generators used"
+                        f" {result.load_generator_cpu_percent:.0f}% CPU and may be the"
+                        " bottleneck (try --processes)\n"
+                    )
+                results.append(result)
+    except BenchmarkError as exc:
+        progress.done()
+        sys.stderr.write(f"benchmark failed: {exc}\n")
+        return 1
+    if args.json:
+        report = {
+            "command": command,
+            "clip": {
+                **asdict(options.clip),
+                "packets_per_second": clip.packets_per_second,
+                "megabits_per_second": clip.bits_per_second / 1e6,
+            },
+            "results": [asdict(r) for r in results],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(results))
+        print(f"command: {command}")
+    return 0
