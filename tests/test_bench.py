@@ -1,0 +1,158 @@
+"""The forwarding benchmark: clip cache round trip, SDP answer shape, a short real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sfu.bench import runner
+from sfu.bench.media import (
+    Clip,
+    ClipPacket,
+    Replay,
+    read_packets,
+    synthetic_audio,
+    write_packets,
+)
+from sfu.bench.participants import create_recvonly_answer
+from sfu.sdp import (
+    LocalTransport,
+    OutgoingMedia,
+    SessionDescription,
+    create_subscribe_offer,
+    default_outgoing_codecs,
+    parse_subscribe_answer,
+)
+
+
+def _packets() -> list[ClipPacket]:
+    return [
+        ClipPacket(b"key-1", False, 3000, True),
+        ClipPacket(b"key-2", True, 0, False),
+        ClipPacket(b"delta", True, 3000, False),
+        ClipPacket(b"key-b", True, 3000, True),
+        ClipPacket(b"delta", True, 3000, False),
+    ]
+
+
+def test_clip_cache_round_trip(tmp_path):
+    path = tmp_path / "clip.bin"
+    write_packets(path, _packets())
+    assert read_packets(path) == _packets()
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError):
+        read_packets(path)
+
+
+def test_replay_loops_and_skips_to_key_frames():
+    clip = Clip.from_packets(_packets(), 90000)
+    assert [len(f.payloads) for f in clip.frames] == [2, 1, 1, 1]
+    assert clip.duration == pytest.approx(4 * 3000 / 90000)
+    replay = Replay(clip)
+    assert replay.next_frame().key_frame
+    assert replay.skip_to_key_frame()
+    assert replay.next_frame().payloads == (b"key-b",)
+    replay.next_frame()
+    assert not replay.skip_to_key_frame()  # the loop's first frame is a key frame
+    assert replay.next_frame().key_frame
+
+
+def test_synthetic_audio_rate():
+    audio = synthetic_audio()
+    assert audio.packets_per_second == pytest.approx(50)
+    assert 90 <= audio.bits_per_second / 8 / 50 <= 110
+
+
+def _local(ufrag: str) -> LocalTransport:
+    return LocalTransport(
+        ice_ufrag=ufrag,
+        ice_pwd="p" * 24,
+        fingerprints=[("sha-256", "AB:" * 31 + "AB")],
+        candidates=["1 1 udp 2130706431 127.0.0.1 40000 typ host"],
+    )
+
+
+def test_recvonly_answer_fits_the_servers_offer():
+    media = [
+        OutgoingMedia(
+            mid=str(i),
+            kind=kind,
+            codecs=default_outgoing_codecs(kind),
+            header_extensions=[],
+            ssrc=1000 + i,
+            rtx_ssrc=None,
+            cname="c",
+            stream_id="s",
+            track_id=f"t{i}",
+            active=i != 1,
+        )
+        for i, kind in enumerate(["video", "video", "audio"])
+    ]
+    offer = create_subscribe_offer(_local("server"), media, 7, 3)
+    answer = create_recvonly_answer(SessionDescription.parse(str(offer)), _local("bench"), 3)
+    parsed = SessionDescription.parse(str(answer))
+    negotiated = parse_subscribe_answer(parsed, offer)
+    assert [m.direction for m in negotiated.values()] == ["recvonly", "inactive", "recvonly"]
+    assert [m.codecs[0].name for m in negotiated.values()] == ["VP8", "VP8", "opus"]
+    assert parsed.transport(parsed.media[0]).setup == "active"
+
+
+def test_scenario_parse():
+    assert runner.Scenario.parse("4x4") == runner.Scenario(4, 4)
+    with pytest.raises(Exception, match="PUBLISHERSxSUBSCRIBERS"):
+        runner.Scenario.parse("4by4")
+
+
+def test_short_run_against_a_spawned_server(capsys):
+    status = runner.main(["--scenario", "1x2", "--duration", "3", "--warmup", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    header, rule, row, command = out.strip().splitlines()
+    assert set(rule) == {"-", " "}
+    assert header.split() == [
+        "publishers",
+        "subscribers",
+        "packets",
+        "in/s",
+        "packets",
+        "out/s",
+        "server",
+        "CPU",
+        "%",
+        "µs/packet",
+        "loss",
+        "%",
+    ]
+    publishers, subscribers, pps_in, pps_out, cpu, us_per_packet, loss = row.split()
+    assert float(cpu) > 0
+    assert (publishers, subscribers) == ("1", "2")
+    assert float(pps_in) > 100
+    assert float(pps_out) > 0
+    assert float(us_per_packet) > 0
+    assert float(loss) < 5
+    assert command == "command: python -m sfu.bench --scenario 1x2 --duration 3 --warmup 1"
+
+
+def test_json_output(capsys, monkeypatch):
+    result = runner.ScenarioResult(
+        publishers=1,
+        subscribers=2,
+        duration=3.0,
+        packets_in_per_second=300,
+        packets_out_per_second=600,
+        megabits_in_per_second=3,
+        megabits_out_per_second=6,
+        server_cpu_percent=None,
+        server_cpu_us_per_packet=None,
+        loss_percent=0,
+        load_generator_cpu_percent=10,
+        key_frame_requests=1,
+    )
+    monkeypatch.setattr(runner, "run_scenario", lambda *args: result)
+    status = runner.main(["--server", "http://127.0.0.1:1", "--json", "--duration", "1"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["results"][0]["packets_out_per_second"] == 600
+    assert report["command"].endswith("--json --duration 1")
+    assert "n/a" in runner.format_table([result])
