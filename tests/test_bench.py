@@ -145,6 +145,7 @@ def test_json_output(capsys, monkeypatch):
         megabits_out_per_second=6,
         server_cpu_percent=None,
         server_cpu_us_per_packet=None,
+        server_system_us_per_packet=None,
         loss_percent=0,
         load_generator_cpu_percent=10,
         key_frame_requests=1,

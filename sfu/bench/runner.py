@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from sfu.bench.loadgen import LoadSpec, LoadStats, ParticipantSpec, run_load_generator
@@ -98,6 +98,9 @@ class ScenarioResult:
     """Of one core; None when the server's process is unknown."""
     server_cpu_us_per_packet: float | None
     """Server CPU time per forwarded (received by a subscriber) packet."""
+    server_system_us_per_packet: float | None
+    """The kernel's share of ``server_cpu_us_per_packet`` (mostly UDP sends; on
+    loopback it includes delivering each datagram to the receiving socket)."""
     loss_percent: float
     load_generator_cpu_percent: float
     """Of one core, all load-generator processes together."""
@@ -105,10 +108,21 @@ class ScenarioResult:
     """PLIs/FIRs the publishers received during the measurement."""
 
 
+class CpuTimes(NamedTuple):
+    """CPU seconds a process spent in user space and in the kernel."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
 @dataclass
 class _Sample:
     time: float
-    server_cpu: float | None
+    server_cpu: CpuTimes | None
     stats: LoadStats
 
 
@@ -118,20 +132,21 @@ class _Server:
     pid: int | None
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and all its threads (Linux)."""
+def process_cpu_times(pid: int) -> CpuTimes:
+    """CPU times of process ``pid``, all its threads included (Linux)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the parenthesized command name start at field 3 (state);
     # utime and stime are fields 14 and 15.
     rest = text[text.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks)
 
 
-def _server_cpu(server: _Server) -> float | None:
+def _server_cpu(server: _Server) -> CpuTimes | None:
     if server.pid is None:
         return None
     try:
-        return process_cpu_seconds(server.pid)
+        return process_cpu_times(server.pid)
     except OSError as exc:
         raise BenchmarkError(f"cannot read the server's CPU time: {exc}") from exc
 
@@ -391,7 +406,7 @@ def _rate(later: _Sample, earlier: _Sample, name: str) -> float:
 def _cpu_percent(later: _Sample, earlier: _Sample) -> float | None:
     if later.server_cpu is None or earlier.server_cpu is None:
         return None
-    return 100 * (later.server_cpu - earlier.server_cpu) / (later.time - earlier.time)
+    return 100 * (later.server_cpu.total - earlier.server_cpu.total) / (later.time - earlier.time)
 
 
 def _measure(
@@ -406,19 +421,19 @@ def _measure(
         progress.show(f"[{scenario}] media flowing, settling for {options.warmup:.0f} s")
         time.sleep(min(0.5, max(0.0, settle_until - time.monotonic())))
     start = previous = _sample(generators, server)
-    tick = 1
-    while tick <= options.duration:
-        time.sleep(max(0.0, start.time + min(tick, options.duration) - time.monotonic()))
+    tick = 0.0
+    while tick < options.duration:
+        tick = min(tick + 1, options.duration)
+        time.sleep(max(0.0, start.time + tick - time.monotonic()))
         current = _sample(generators, server)
         cpu = _cpu_percent(current, previous)
         progress.show(
-            f"[{scenario}] {current.time - start.time:4.0f}/{options.duration:.0f} s"
+            f"[{scenario}] {current.time - start.time:5.1f}/{options.duration:g} s"
             f"  in {_rate(current, previous, 'packets_sent'):7.0f} pps"
             f"  out {_rate(current, previous, 'packets_received'):7.0f} pps"
             f"  server CPU {'n/a' if cpu is None else f'{cpu:3.0f}%'}"
         )
         previous = current
-        tick += 1
     return start, previous
 
 
@@ -437,9 +452,11 @@ def run_scenario(
     elapsed = end.time - start.time
     packets_out = end.stats.packets_received - start.stats.packets_received
     expected = end.stats.packets_expected - start.stats.packets_expected
-    cpu = None
+    cpu = system = None
     if end.server_cpu is not None and start.server_cpu is not None:
-        cpu = end.server_cpu - start.server_cpu
+        cpu = end.server_cpu.total - start.server_cpu.total
+        system = end.server_cpu.system - start.server_cpu.system
+    per_packet = 1e6 / packets_out if packets_out else None
     return ScenarioResult(
         publishers=scenario.publishers,
         subscribers=scenario.subscribers,
@@ -449,9 +466,10 @@ def run_scenario(
         megabits_in_per_second=_rate(end, start, "octets_sent") * 8 / 1e6,
         megabits_out_per_second=_rate(end, start, "bytes_received") * 8 / 1e6,
         server_cpu_percent=None if cpu is None else 100 * cpu / elapsed,
-        server_cpu_us_per_packet=None
-        if cpu is None or not packets_out
-        else 1e6 * cpu / packets_out,
+        server_cpu_us_per_packet=None if cpu is None or per_packet is None else cpu * per_packet,
+        server_system_us_per_packet=(
+            None if system is None or per_packet is None else system * per_packet
+        ),
         loss_percent=max(0.0, 100 * (expected - packets_out) / expected) if expected else 0.0,
         load_generator_cpu_percent=100
         * (end.stats.cpu_seconds - start.stats.cpu_seconds)
