@@ -48,6 +48,10 @@ class Consumer:
         self.active = False
         """The subscriber accepted the m-line and media may flow."""
         self.needs_key_frame = self.kind == "video"
+        self.paused = False
+        self.max_spatial_layer: int | None = None
+        self.max_width: int | None = None
+        self.max_height: int | None = None
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
@@ -63,6 +67,23 @@ class Consumer:
         self._last_seq = 0
         self._last_ts = 0
         self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
+
+    def set_preferences(
+        self,
+        paused: bool,
+        max_spatial_layer: int | None,
+        max_width: int | None,
+        max_height: int | None,
+    ) -> None:
+        """The subscriber's wishes; a paused consumer forwards nothing and restarts on a
+        key frame when resumed."""
+        was_paused = self.paused
+        self.paused = paused
+        self.max_spatial_layer = max_spatial_layer
+        self.max_width = max_width
+        self.max_height = max_height
+        if was_paused and not paused and self.active:
+            self.restart()
 
     def activate(self, payload_type: int) -> None:
         """The subscriber accepted this consumer's m-line with ``payload_type``."""
@@ -88,7 +109,7 @@ class Consumer:
         (its header extensions are not forwarded) and keeps any RTP padding, whose
         presence the caller signals through ``padding_bit`` in the first byte.
         """
-        if not self.active:
+        if not self.active or self.paused:
             return
         if not self._started:
             if self.needs_key_frame and not key_frame:

@@ -31,6 +31,7 @@ from sfu.protocol import (
     SubscribeTrack,
     Track,
     TrackInfo,
+    TrackSettingsMessage,
 )
 from sfu.protocol import (
     Participant as ParticipantInfo,
@@ -367,6 +368,19 @@ class Participant:
                 slot.consumer = None
                 slot.payload_type = None
                 self._renegotiate()
+
+    def track_settings(self, message: TrackSettingsMessage) -> None:
+        """Apply a subscriber's preferences to the consumer of ``message.track_id``."""
+        for consumer in self.consumers():
+            if consumer.producer.id == message.track_id:
+                consumer.set_preferences(
+                    paused=message.paused,
+                    max_spatial_layer=message.max_spatial_layer,
+                    max_width=message.max_width,
+                    max_height=message.max_height,
+                )
+                return
+        raise ProtocolError(ErrorCode.UNKNOWN_TRACK, f"you receive no track {message.track_id!r}")
 
     def consumers(self) -> list[Consumer]:
         return [s.consumer for s in self._slots if s.consumer is not None]

@@ -99,6 +99,21 @@ class MuteMessage(_Message):
     muted: bool
 
 
+class TrackSettingsMessage(_Message):
+    """A subscriber's preferences for one remote video track (simulcast layer choice).
+
+    ``max_spatial_layer`` caps the layer (0 = lowest); ``max_width``/``max_height`` cap
+    it by the size the page renders; ``paused`` stops the track (hidden element).
+    """
+
+    type: Literal["track_settings"] = "track_settings"
+    track_id: str
+    paused: bool = False
+    max_spatial_layer: int | None = Field(default=None, ge=0, le=2)
+    max_width: int | None = Field(default=None, ge=0, le=16384)
+    max_height: int | None = Field(default=None, ge=0, le=16384)
+
+
 class LeaveMessage(_Message):
     type: Literal["leave"] = "leave"
 
@@ -113,12 +128,22 @@ ClientMessage = Annotated[
     | SubscribeAnswerMessage
     | CandidateMessage
     | MuteMessage
+    | TrackSettingsMessage
     | LeaveMessage
     | PingMessage,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE_TYPES = frozenset(
-    {"join", "publish_offer", "subscribe_answer", "candidate", "mute", "leave", "ping"}
+    {
+        "join",
+        "publish_offer",
+        "subscribe_answer",
+        "candidate",
+        "mute",
+        "track_settings",
+        "leave",
+        "ping",
+    }
 )
 client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
@@ -231,6 +256,22 @@ class TrackMutedMessage(_Message):
     muted: bool
 
 
+class PublisherLayersMessage(_Message):
+    """Dynacast: which simulcast layers (by RID) of the receiver's own track some
+    subscriber needs; the client pauses the others with ``RTCRtpSender.setParameters``."""
+
+    type: Literal["publisher_layers"] = "publisher_layers"
+    track_id: str
+    active: dict[str, bool]
+
+
+class ActiveSpeakersMessage(_Message):
+    """Participants speaking now, loudest first (from the audio-level header extension)."""
+
+    type: Literal["active_speakers"] = "active_speakers"
+    participant_ids: list[str]
+
+
 class PongMessage(_Message):
     type: Literal["pong"] = "pong"
 
@@ -256,6 +297,8 @@ ServerMessage = (
     | TrackPublishedMessage
     | TrackUnpublishedMessage
     | TrackMutedMessage
+    | PublisherLayersMessage
+    | ActiveSpeakersMessage
     | PongMessage
     | ErrorMessage
 )

@@ -23,6 +23,7 @@ from sfu.protocol import (
     PublishAnswerMessage,
     PublishOfferMessage,
     SubscribeAnswerMessage,
+    TrackSettingsMessage,
 )
 from sfu.room import Room
 from sfu.worker_api import EventSink, Grant, ProtocolError
@@ -104,6 +105,9 @@ class Worker:
         participant = self._participant(participant_id)
         producer = participant.mute(message.track_id, message.muted)
         participant.room.track_muted(producer)
+
+    async def track_settings(self, participant_id: str, message: TrackSettingsMessage) -> None:
+        self._participant(participant_id).track_settings(message)
 
     async def leave(self, participant_id: str) -> None:
         await self.remove_participant(participant_id)

@@ -21,6 +21,7 @@ from sfu.protocol import (
     PublishOfferMessage,
     ServerMessage,
     SubscribeAnswerMessage,
+    TrackSettingsMessage,
 )
 
 EventSink = Callable[[ServerMessage], None]
@@ -64,5 +65,9 @@ class MediaWorker(Protocol):
     async def add_candidate(self, participant_id: str, message: CandidateMessage) -> None: ...
 
     async def mute(self, participant_id: str, message: MuteMessage) -> None: ...
+
+    async def track_settings(self, participant_id: str, message: TrackSettingsMessage) -> None:
+        """A subscriber's layer preferences for one remote track."""
+        ...
 
     async def leave(self, participant_id: str) -> None: ...

@@ -37,6 +37,7 @@ from sfu.protocol import (
     PublishOfferMessage,
     ServerMessage,
     SubscribeAnswerMessage,
+    TrackSettingsMessage,
     client_message_adapter,
 )
 from sfu.worker_api import Grant, MediaWorker, ProtocolError
@@ -210,6 +211,8 @@ class Session:
                 await self._worker.add_candidate(participant_id, request)
             case MuteMessage():
                 await self._worker.mute(participant_id, request)
+            case TrackSettingsMessage():
+                await self._worker.track_settings(participant_id, request)
 
     async def _join(self, request: JoinMessage) -> None:
         if self._participant_id is not None:
