@@ -1,10 +1,16 @@
 """A Consumer: one producer's media forwarded to one subscriber.
 
 The consumer owns what makes the forwarded stream look like one continuous RTP
-stream to the subscriber: its own SSRC, a sequence-number and timestamp offset
-chosen when forwarding starts (on a key frame for video), the payload type the
-subscriber negotiated, a retransmission cache for the subscriber's NACKs, and the
-counts its sender reports carry.
+stream to the subscriber, whatever simulcast layer it comes from: its own SSRC,
+sequence numbers and timestamps kept continuous across layer switches by an
+:class:`RtpMunger`, VP8 picture ids kept continuous by a :class:`Vp8Munger`, the
+payload type the subscriber negotiated, a retransmission cache for the subscriber's
+NACKs, and the counts its sender reports carry.
+
+Layer switches (mediasoup's SimulcastConsumer, LiveKit's Forwarder): the allocator
+sets a target layer; the producer hands the consumer the target stream's next key
+frame (:meth:`start_layer`) and only then does the consumer leave its current layer,
+so the subscriber's decoder never sees a frame it cannot decode.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
+from sfu.rtp.seqnum import diff
+from sfu.rtp_munger import RtpMunger
+from sfu.vp8_munger import Vp8Munger
 
 if TYPE_CHECKING:
-    from sfu.producer import Producer
+    from sfu.producer import Producer, RtpStream
 
 RETRANSMISSION_CACHE_SIZE = 1024
 """Packets kept per consumer for NACKs (about 1 s of 3 Mbit/s video); a power of two."""
 
 _HEADER = struct.Struct("!BBHII")
+_SEQ = struct.Struct("!H")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
 
 SendRtp = Callable[[bytes], None]
@@ -46,27 +56,34 @@ class Consumer:
         self.payload_type = 0
         self.clock_rate = producer.clock_rate
         self.active = False
-        """The subscriber accepted the m-line and media may flow."""
+        """The subscriber accepted the m-line and its transport is connected."""
         self.needs_key_frame = self.kind == "video"
         self.paused = False
         self.max_spatial_layer: int | None = None
         self.max_width: int | None = None
         self.max_height: int | None = None
+        self.target_layer: int | None = None
+        """The layer the allocator chose (None: not forwarding)."""
+        self.current_stream: RtpStream | None = None
+        self.layer_switches = 0
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
         self.nacks_received = 0
+        self.key_frame_requests_received = 0
+        self.first_packet_at: float | None = None
         self.rtt: float | None = None
         self.fraction_lost = 0
         self._send_rtp = send_rtp
-        self._started = False
-        self._seq_offset = 0
-        self._ts_offset = 0
-        self._next_seq = secrets.randbits(16)
-        self._next_ts_base = secrets.randbits(32)
-        self._last_seq = 0
-        self._last_ts = 0
+        self._munger = RtpMunger()
+        self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
+        self._last_source_ts = 0
         self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
+
+    @property
+    def current_layer(self) -> int | None:
+        stream = self.current_stream
+        return None if stream is None or self.needs_key_frame else stream.layer
 
     def set_preferences(
         self,
@@ -75,18 +92,15 @@ class Consumer:
         max_width: int | None,
         max_height: int | None,
     ) -> None:
-        """The subscriber's wishes; a paused consumer forwards nothing and restarts on a
-        key frame when resumed."""
-        was_paused = self.paused
+        """The subscriber's wishes; the allocator applies them at its next run."""
         self.paused = paused
         self.max_spatial_layer = max_spatial_layer
         self.max_width = max_width
         self.max_height = max_height
-        if was_paused and not paused and self.active:
-            self.restart()
 
     def activate(self, payload_type: int) -> None:
-        """The subscriber accepted this consumer's m-line with ``payload_type``."""
+        """The subscriber accepted this consumer's m-line with ``payload_type`` and its
+        transport is up: start forwarding (video from the next key frame)."""
         self.payload_type = payload_type
         if not self.active:
             self.active = True
@@ -96,42 +110,78 @@ class Consumer:
         self.active = False
 
     def restart(self) -> None:
-        """Resume from the next key frame (new subscriber, or transport reconnect)."""
+        """Resume from the next key frame (new subscriber, or a new publisher SSRC)."""
         if self.kind == "video":
             self.needs_key_frame = True
-            self.producer.request_key_frame()
-        self._started = False
+            self.set_target_layer(
+                self.target_layer if self.target_layer is not None else len(self.producer.rids)
+            )
+        else:
+            stream = self.producer.stream_for_layer(0)
+            if stream is not None and self not in stream.consumers:
+                stream.consumers.append(self)
 
-    def forward(self, marker_bit: int, seq: int, ts: int, payload: bytes, key_frame: bool) -> None:
-        """Rewrite one packet of the producer's stream and send it.
+    def set_target_layer(self, layer: int | None) -> None:
+        """Forward ``layer`` from its next key frame on; None stops forwarding."""
+        if layer is None:
+            if self.target_layer is not None or self.current_stream is not None:
+                self.target_layer = None
+                self.producer.detach(self)
+                self.current_stream = None
+                self.needs_key_frame = True
+            return
+        self.target_layer = layer
+        stream = self.producer.stream_for_layer(layer)
+        if stream is None:
+            return
+        if stream is self.current_stream and not self.needs_key_frame:
+            return
+        self.producer.request_layer(self, layer)
+
+    def start_layer(self, stream: RtpStream, seq: int, ts: int, now: float) -> None:
+        """Called by the producer with the key frame of the layer to switch to."""
+        if self.current_stream is not None and self.current_stream is not stream:
+            self.layer_switches += 1
+        self.current_stream = stream
+        self.needs_key_frame = False
+        self._munger.switch(seq, ts, now, self.clock_rate)
+        if self._vp8 is not None:
+            self._vp8.switch()
+
+    def forward(
+        self,
+        stream: RtpStream,
+        marker_bit: int,
+        seq: int,
+        ts: int,
+        payload: bytes,
+        key_frame: bool,
+        now: float,
+    ) -> None:
+        """Rewrite one packet of the current stream and send it.
 
         ``marker_bit`` is 0x80 or 0; ``payload`` starts after the publisher's header
-        (its header extensions are not forwarded) and keeps any RTP padding, whose
-        presence the caller signals through ``padding_bit`` in the first byte.
+        (its header extensions are not forwarded; the subscribe transport adds its
+        own transport-wide sequence number).
         """
-        if not self.active or self.paused:
+        if not self.active or self.paused or self.needs_key_frame:
             return
-        if not self._started:
-            if self.needs_key_frame and not key_frame:
-                return
-            self.needs_key_frame = False
-            self._started = True
-            # Continue the subscriber's sequence and timestamp where they stopped, so
-            # a restart looks like a pause, never like a jump backwards.
-            self._seq_offset = (self._next_seq - seq) & 0xFFFF
-            self._ts_offset = (self._next_ts_base - ts) & 0xFFFFFFFF
-        out_seq = (seq + self._seq_offset) & 0xFFFF
-        out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        translated = self._munger.translate(seq, ts)
+        if translated is None:
+            return
+        out_seq, out_ts = translated
+        self._last_source_ts = ts
+        if self._vp8 is not None:
+            payload = self._vp8.rewrite(payload)
         packet = (
-            _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc) + payload
+            _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
+            + payload
         )
         self._cache[out_seq & _SEQ_MASK] = packet
-        self._last_seq = out_seq
-        self._last_ts = out_ts
-        self._next_seq = (out_seq + 1) & 0xFFFF
-        self._next_ts_base = (out_ts + 1) & 0xFFFFFFFF
         self.packets_sent += 1
         self.octets_sent += len(payload)
+        if self.first_packet_at is None:
+            self.first_packet_at = now
         self._send_rtp(packet)
 
     def retransmit(self, lost: list[int]) -> int:
@@ -140,25 +190,44 @@ class Consumer:
         sent = 0
         for seq in lost:
             packet = self._cache[seq & _SEQ_MASK]
-            if packet is not None and struct.unpack_from("!H", packet, 2)[0] == seq:
+            if packet is not None and _SEQ.unpack_from(packet, 2)[0] == seq:
                 self._send_rtp(packet)
                 sent += 1
         self.retransmissions += sent
         return sent
 
+    def probe_packets(self, count: int) -> list[bytes]:
+        """Recently sent packets to send again as bandwidth probes (the subscriber drops
+        the duplicates; its transport-wide feedback still measures them)."""
+        last = self._munger.last_sequence_number
+        if last is None:
+            return []
+        packets = []
+        for back in range(count):
+            packet = self._cache[(last - back) & _SEQ_MASK]
+            if packet is None:
+                break
+            packets.append(packet)
+        return packets
+
     def sender_report(self, now: float) -> SenderReport | None:
-        """An SR translated from the producer's latest SR (lip sync survives), or from
-        the wall clock when the publisher has not sent one yet."""
-        if not self._started:
+        """An SR translated from the publisher's SR of the current layer (lip sync
+        survives), or from the wall clock before the publisher sent one."""
+        stream = self.current_stream
+        last_ts = self._munger.last_timestamp
+        if stream is None or last_ts is None or self.packets_sent == 0:
             return None
-        mapping = self.producer.timestamp_mapping()
+        mapping = self.producer.timestamp_mapping(stream)
         if mapping is not None:
             ntp_timestamp, rtp_timestamp, arrival = mapping
             elapsed = now - arrival
-            rtp = rtp_timestamp + int(elapsed * self.clock_rate) + self._ts_offset
+            # Source RTP time now, moved into this consumer's timestamp space through
+            # the last forwarded packet.
+            source_now = (rtp_timestamp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
+            rtp = last_ts + diff(source_now, self._last_source_ts, 32)
             ntp = ntp_timestamp + int(elapsed * (1 << 32))
         else:
-            rtp = self._last_ts
+            rtp = last_ts
             ntp = ntp_from_unix(now)
         return SenderReport(
             ssrc=self.ssrc,

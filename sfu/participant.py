@@ -36,10 +36,24 @@ from sfu.protocol import (
 from sfu.protocol import (
     Participant as ParticipantInfo,
 )
+from sfu.allocator import LayerInfo, StreamAllocator, TrackAllocationInput
+from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
+from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.rtp import rtcp
-from sfu.rtp.extensions import SDES_MID, SDES_RTP_STREAM_ID, decode_sdes
+from sfu.rtp.extensions import (
+    SDES_MID,
+    SDES_REPAIRED_RTP_STREAM_ID,
+    SDES_RTP_STREAM_ID,
+    SSRC_AUDIO_LEVEL,
+    TRANSPORT_WIDE_CC,
+    decode_audio_level,
+    decode_sdes,
+    decode_transport_sequence_number,
+)
 from sfu.rtp.packet import payload_offset, read_header_extensions
+from sfu.rtp.transport_feedback import TransportCcFeedback
 from sfu.sdp import (
+    HeaderExtension,
     OutgoingMedia,
     SdpError,
     SessionDescription,
@@ -62,10 +76,22 @@ MAX_LEARNED_SSRCS = 64
 RTCP_INTERVAL = 1.0
 """Seconds between the SFU's receiver reports to publishers and sender reports to
 subscribers (RFC 3550 allows this for a few streams per transport)."""
+FEEDBACK_INTERVAL = 0.1
+"""Seconds between transport-cc feedback packets to a publisher, and NACK retries."""
+ALLOCATION_INTERVAL = 0.5
+"""Seconds between two runs of the subscribe transport's stream allocator."""
 RTCP_MAX_PACKET = 1200
 """Largest compound RTCP packet the SFU sends."""
+OUTGOING_TRANSPORT_CC_ID = 3
+"""Header extension id of the transport-wide sequence number in subscribe offers."""
+UNKNOWN_ESTIMATE = 10_000_000
+"""Bits/s assumed for a subscriber that sends no bandwidth feedback at all."""
+PROBE_CLUSTER_PACKETS = 5
+"""Packets sent again per probe cluster when the estimator asks to test a higher rate."""
 
 _SSRC = struct.Struct("!I")
+_RTX_HEADER = struct.Struct("!BBHII")
+_TWCC_EXTENSION = struct.Struct("!HHBHB")
 
 
 def _new_id(prefix: str) -> str:
@@ -108,8 +134,20 @@ class Participant:
         self.packets_unroutable = 0
         self.rtcp_errors = 0
         self._ssrc_table: dict[int, tuple[Producer, RtpStream | None]] = {}
+        self._rtx_table: dict[int, tuple[Producer, RtpStream]] = {}
         self._mid_extension: int | None = None
         self._rid_extension: int | None = None
+        self._rrid_extension: int | None = None
+        self._audio_level_extension: int | None = None
+        self._transport_cc_extension: int | None = None
+        self._feedback = TransportCcFeedbackGenerator()
+        self._bwe = SendSideBandwidthEstimator()
+        self._allocator = StreamAllocator()
+        self._outgoing_transport_cc: int | None = None
+        self._outgoing_sequence = 0
+        self._next_rtcp = 0.0
+        self._next_feedback = 0.0
+        self._next_allocation = 0.0
         self._slots: list[_Slot] = []
         self._consumers_by_ssrc: dict[int, Consumer] = {}
         self._offer: SessionDescription | None = None
@@ -117,7 +155,6 @@ class Participant:
         self._awaiting_revision: int | None = None
         self._offer_dirty = False
         self._session_id = secrets.randbits(62)
-        self._rtcp_task: asyncio.Task[None] | None = None
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -126,7 +163,6 @@ class Participant:
         if self.grant.can_subscribe:
             self.subscribe = self._new_transport("subscribe")
             await self.subscribe.gather()
-        self._rtcp_task = asyncio.create_task(self._rtcp_loop())
 
     def _new_transport(self, direction: str) -> Transport:
         on_rtp = self._on_publish_rtp if direction == "publish" else self._on_subscribe_rtp
@@ -145,8 +181,6 @@ class Participant:
         if self._closed:
             return
         self._closed = True
-        if self._rtcp_task is not None:
-            self._rtcp_task.cancel()
         for transport in (self.publish, self.subscribe):
             if transport is not None:
                 await transport.close()
@@ -221,6 +255,14 @@ class Participant:
             ids = media.header_extensions
             self._mid_extension = ids.get(SDES_MID, self._mid_extension)
             self._rid_extension = ids.get(SDES_RTP_STREAM_ID, self._rid_extension)
+            self._rrid_extension = ids.get(SDES_REPAIRED_RTP_STREAM_ID, self._rrid_extension)
+            self._transport_cc_extension = ids.get(
+                TRANSPORT_WIDE_CC, self._transport_cc_extension
+            )
+            if media.kind == "audio":
+                self._audio_level_extension = ids.get(
+                    SSRC_AUDIO_LEVEL, self._audio_level_extension
+                )
             if media.mid in self.producers:
                 continue
             info = message.tracks.get(media.mid, TrackInfo())
@@ -236,11 +278,15 @@ class Participant:
                 media.rids,
                 source,
                 self._send_key_frame_request,
+                self._send_nack,
             )
             self.producers[media.mid] = producer
             for ssrc in media.ssrcs:
-                if ssrc not in media.rtx_ssrc.values() and not media.rids:
-                    self._bind_ssrc(ssrc, producer, None)
+                if not media.rids:
+                    stream = self._bind_ssrc(ssrc, producer, None)
+                    rtx_ssrc = media.rtx_ssrc.get(ssrc)
+                    if rtx_ssrc is not None:
+                        self._rtx_table[rtx_ssrc] = (producer, stream)
             self.room.publish(producer)
         return PublishAnswerMessage(
             sdp=str(answer), tracks={mid: p.id for mid, p in self.producers.items()}
@@ -285,7 +331,21 @@ class Participant:
         if producer is None:
             return None
         if payload_type in producer.rtx_payload_types:
-            # Retransmissions and padding probes: not forwarded (see NACK handling).
+            # RTX (RFC 4588): bound to its media stream by the repaired RID, or to the
+            # only stream of a plain track. Padding probes on it are then dropped.
+            rrid = None
+            if self._rrid_extension in extensions:
+                try:
+                    rrid = decode_sdes(extensions[self._rrid_extension])  # type: ignore[index]
+                except ValueError:
+                    return None
+            repaired = next(
+                (s for s in producer.streams.values() if s.rid == rrid),
+                None,
+            )
+            if repaired is None:
+                return None
+            self._rtx_table[ssrc] = (producer, repaired)
             self._ssrc_table[ssrc] = (producer, None)
             return producer, None
         if payload_type not in producer.payload_types:
@@ -296,21 +356,49 @@ class Participant:
         if len(data) < 12:
             self.packets_unroutable += 1
             return
-        entry = self._ssrc_table.get(_SSRC.unpack_from(data, 8)[0])
+        ssrc = _SSRC.unpack_from(data, 8)[0]
+        entry = self._ssrc_table.get(ssrc)
         if entry is None:
-            entry = self._learn_ssrc(_SSRC.unpack_from(data, 8)[0], data)
+            entry = self._learn_ssrc(ssrc, data)
             if entry is None:
                 self.packets_unroutable += 1
                 return
         producer, stream = entry
-        if stream is None:
-            return
         try:
             start = payload_offset(data)
+            extensions = read_header_extensions(data) if data[0] & 0x10 else {}
         except ValueError:
             producer.packets_dropped += 1
             return
-        producer.receive(stream, data, start, time.time())
+        now = time.time()
+        twcc = extensions.get(self._transport_cc_extension)  # type: ignore[arg-type]
+        if twcc is not None and len(twcc) == 2:
+            self._feedback.add(decode_transport_sequence_number(twcc), now)
+        if stream is None:
+            self._receive_rtx(ssrc, data, start, now)
+            return
+        level = extensions.get(self._audio_level_extension)  # type: ignore[arg-type]
+        if level is not None and producer.kind == "audio" and len(level) >= 1:
+            voice, dbov = decode_audio_level(level[:1])
+            self.room.speakers.add_level(self.id, dbov, voice, now)
+        producer.receive(stream, data, start, now)
+
+    def _receive_rtx(self, ssrc: int, data: bytes, start: int, now: float) -> None:
+        """Unwrap an RTX packet (RFC 4588 section 4) into the packet it repairs."""
+        entry = self._rtx_table.get(ssrc)
+        if entry is None or len(data) < start + 2:
+            return  # padding-only probe, or not yet bound
+        producer, stream = entry
+        original_seq = int.from_bytes(data[start : start + 2], "big")
+        header = _RTX_HEADER.pack(
+            0x80,
+            (data[1] & 0x80) | producer.codec.payload_type,
+            original_seq,
+            int.from_bytes(data[4:8], "big"),
+            stream.ssrc,
+        )
+        producer.retransmission(stream, original_seq)
+        producer.receive(stream, header + data[start + 2 :], 12, now)
 
     def _on_publish_rtcp(self, data: bytes) -> None:
         try:
@@ -326,6 +414,11 @@ class Participant:
                     entry[1].statistics.add_sender_report(
                         packet.ntp_timestamp, packet.rtp_timestamp, now
                     )
+
+    def _send_nack(self, media_ssrc: int, lost: list[int]) -> None:
+        if self.publish is not None:
+            nack = rtcp.GenericNack(sender_ssrc=self.rtcp_ssrc, media_ssrc=media_ssrc, lost=lost)
+            self.publish.session.send_rtcp(bytes(nack))
 
     def _send_key_frame_request(self, media_ssrc: int) -> None:
         if self.publish is not None:
@@ -428,7 +521,9 @@ class Participant:
                     mid=slot.mid,
                     kind=slot.kind,
                     codecs=codecs,
-                    header_extensions=[],
+                    header_extensions=[
+                        HeaderExtension(id=OUTGOING_TRANSPORT_CC_ID, uri=TRANSPORT_WIDE_CC)
+                    ],
                     ssrc=consumer.ssrc,
                     rtx_ssrc=None,
                     cname=self.cname,
@@ -469,6 +564,9 @@ class Participant:
             raise ProtocolError(ErrorCode.BAD_CANDIDATE, str(exc)) from exc
         self._awaiting_revision = None
         connected = self.subscribe.connected.is_set()
+        for result in negotiated.values():
+            if not result.rejected and TRANSPORT_WIDE_CC in result.header_extensions:
+                self._outgoing_transport_cc = result.header_extensions[TRANSPORT_WIDE_CC]
         for slot in self._slots:
             result = negotiated.get(slot.mid)
             if slot.consumer is None:
@@ -508,6 +606,15 @@ class Participant:
                     consumer.retransmit(packet.lost)
             elif isinstance(packet, rtcp.ReceiverReport | rtcp.SenderReport):
                 self._on_report_blocks(packet.reports)
+            elif isinstance(packet, rtcp.TransportFeedback):
+                try:
+                    feedback = TransportCcFeedback.parse(packet.fci)
+                except ValueError:
+                    self.rtcp_errors += 1
+                    continue
+                self._bwe.on_feedback(feedback, time.time())
+            elif isinstance(packet, rtcp.ReceiverEstimatedMaxBitrate):
+                self._bwe.on_remb(packet.bitrate, time.time())
 
     def _on_report_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
         now = rtcp.compact_ntp(rtcp.ntp_from_unix(time.time()))
@@ -520,6 +627,7 @@ class Participant:
                 rtt = ((now - block.lsr - block.dlsr) & 0xFFFFFFFF) / 65536
                 if rtt < 60:
                     consumer.rtt = rtt
+            self._bwe.on_receiver_report(block.fraction_lost, consumer.rtt, time.time())
 
     async def add_candidate(self, message: CandidateMessage) -> None:
         transport = self.publish if message.target == "publish" else self.subscribe
@@ -537,16 +645,106 @@ class Participant:
 
     # --- periodic RTCP ----------------------------------------------------------------
 
-    async def _rtcp_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000))
-            now = time.time()
+    def _send_media(self, packet: bytes) -> None:
+        """Send one consumer packet, stamped with the subscribe transport's
+        transport-wide sequence number when the subscriber negotiated it."""
+        assert self.subscribe is not None
+        extension_id = self._outgoing_transport_cc
+        if extension_id is not None:
+            sequence = self._outgoing_sequence = (self._outgoing_sequence + 1) & 0xFFFF
+            packet = b"".join(
+                (
+                    bytes((packet[0] | 0x10,)),
+                    packet[1:12],
+                    _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0),
+                    packet[12:],
+                )
+            )
+            self._bwe.on_packet_sent(sequence, len(packet), time.time())
+        self.subscribe.session.send_rtp(packet)
+
+    @property
+    def estimated_bitrate(self) -> int | None:
+        """The subscribe transport's bandwidth estimate, None without feedback."""
+        return self._bwe.estimate if self._outgoing_transport_cc is not None else None
+
+    def tick(self, now: float) -> None:
+        """Periodic work, called by the worker about every 50 ms."""
+        if self._closed:
+            return
+        if now >= self._next_feedback:
+            self._next_feedback = now + FEEDBACK_INTERVAL
+            if self.publish is not None:
+                for packet in self._feedback.feedback(now):
+                    self.publish.session.send_rtcp(packet)
+                for producer in self.producers.values():
+                    producer.nack_timer(now, rtt=FEEDBACK_INTERVAL)
+        if now >= self._next_allocation:
+            self._next_allocation = now + ALLOCATION_INTERVAL
+            self._allocate(now)
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + RTCP_INTERVAL * (0.5 + secrets.randbelow(1000) / 1000)
             if self.publish is not None:
                 for packet in self._receiver_reports(now):
                     self.publish.session.send_rtcp(packet)
             if self.subscribe is not None:
                 for packet in self._sender_reports(now):
                     self.subscribe.session.send_rtcp(packet)
+
+    def _allocate(self, now: float) -> None:
+        """Give each video consumer the layer that fits the subscriber's estimate."""
+        consumers = [c for c in self.consumers() if c.kind == "video" and c.active]
+        if not consumers:
+            return
+        speakers = self.room.active_speakers
+        tracks = []
+        for consumer in consumers:
+            producer = consumer.producer
+            priority = 2 if producer.source == "screen" else 0
+            if producer.participant_id in speakers:
+                priority += 1
+            layers = [
+                LayerInfo(
+                    spatial=index,
+                    bitrate=stream.available_bitrate(now) if stream is not None else 0,
+                    width=stream.width if stream is not None else 0,
+                    height=stream.height if stream is not None else 0,
+                )
+                for index, stream in enumerate(producer.layers)
+            ]
+            tracks.append(
+                TrackAllocationInput(
+                    track_id=consumer.id,
+                    layers=layers,
+                    priority=priority,
+                    paused=consumer.paused,
+                    max_spatial_layer=consumer.max_spatial_layer,
+                    max_width=consumer.max_width,
+                    max_height=consumer.max_height,
+                    current_layer=consumer.current_layer,
+                )
+            )
+        estimate = self.estimated_bitrate
+        allocation = self._allocator.allocate(
+            tracks, estimate if estimate is not None else UNKNOWN_ESTIMATE, now
+        )
+        for consumer in consumers:
+            consumer.set_target_layer(allocation.targets.get(consumer.id))
+        if estimate is not None and allocation.deficient:
+            self._probe(now, allocation.wanted)
+
+    def _probe(self, now: float, target: int) -> None:
+        """Send recent packets again so the estimate can discover room for ``target``."""
+        rate = self._bwe.wants_probe(now, target)
+        if rate <= 0:
+            return
+        budget = rate * ALLOCATION_INTERVAL / 8
+        for consumer in self.consumers():
+            for packet in consumer.probe_packets(PROBE_CLUSTER_PACKETS):
+                if budget <= 0:
+                    return
+                budget -= len(packet)
+                self._send_media(packet)
 
     def _receiver_reports(self, now: float) -> list[bytes]:
         blocks = []

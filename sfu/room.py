@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sfu.active_speaker import ActiveSpeakerDetector
+from sfu.dynacast import DynacastManager
 from sfu.protocol import (
+    ActiveSpeakersMessage,
     ParticipantJoinedMessage,
     ParticipantLeftMessage,
     ServerMessage,
     TrackMutedMessage,
     TrackPublishedMessage,
     TrackUnpublishedMessage,
+    PublisherLayersMessage,
 )
 
 if TYPE_CHECKING:
@@ -29,6 +33,9 @@ class Room:
         self.name = name
         self.worker = worker
         self.participants: dict[str, Participant] = {}
+        self.speakers = ActiveSpeakerDetector()
+        self.active_speakers: list[str] = []
+        self._dynacast: dict[str, DynacastManager] = {}
 
     def broadcast(self, message: ServerMessage, exclude: str | None = None) -> None:
         for participant in self.participants.values():
@@ -63,7 +70,33 @@ class Room:
             if participant is not owner:
                 participant.add_consumer(producer)
 
+    def tick(self, now: float) -> None:
+        """Periodic room work: active speakers and dynacast."""
+        speakers = self.speakers.update(now)
+        if speakers is not None:
+            self.active_speakers = speakers
+            self.broadcast(ActiveSpeakersMessage(participant_ids=speakers))
+        for participant in self.participants.values():
+            for producer in participant.producers.values():
+                if producer.simulcast:
+                    self._update_dynacast(participant, producer, now)
+
+    def _update_dynacast(self, owner: Participant, producer: Producer, now: float) -> None:
+        """Tell the publisher which layers some subscriber needs (the rest pause)."""
+        manager = self._dynacast.get(producer.id)
+        if manager is None:
+            manager = self._dynacast[producer.id] = DynacastManager(producer.rids)
+        wanted = {
+            c.target_layer for c in producer.consumers.values() if c.target_layer is not None
+        }
+        active = manager.update(wanted, now)
+        if active is not None:
+            for stream in producer.streams.values():
+                stream.paused = stream.rid is not None and not active.get(stream.rid, True)
+            owner.send(PublisherLayersMessage(track_id=producer.id, active=active))
+
     def unpublish(self, producer: Producer) -> None:
+        self._dynacast.pop(producer.id, None)
         for participant in self.participants.values():
             participant.remove_consumer(producer)
         self.broadcast(

@@ -6,7 +6,10 @@ calls it in-process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from aiortc.rtcdtlstransport import RTCCertificate
@@ -30,6 +33,10 @@ from sfu.worker_api import EventSink, Grant, ProtocolError
 
 logger = logging.getLogger(__name__)
 
+TICK_INTERVAL = 0.05
+"""Seconds between two runs of the periodic work (feedback, NACK retries, allocation,
+RTCP reports, active speakers, dynacast) of every room and participant."""
+
 
 @dataclass
 class WorkerContext:
@@ -45,16 +52,35 @@ class Worker:
         self.rooms: dict[str, Room] = {}
         self.participants: dict[str, Participant] = {}
         self._context: WorkerContext | None = None
+        self._tick_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         addresses = self.settings.ice_addresses or default_host_addresses()
         use_host_addresses(addresses)
         logger.info("media worker gathers ICE candidates on %s", ", ".join(addresses))
         self._context = WorkerContext(self.settings, RTCCertificate.generateCertificate())
+        self._tick_task = asyncio.create_task(self._tick_loop())
 
     async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
         for participant_id in list(self.participants):
             await self.remove_participant(participant_id)
+
+    async def _tick_loop(self) -> None:
+        """One timer for the whole worker instead of tasks per participant."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = time.time()
+            for room in list(self.rooms.values()):
+                try:
+                    room.tick(now)
+                    for participant in list(room.participants.values()):
+                        participant.tick(now)
+                except Exception:
+                    logger.exception("periodic work of room %s failed", room.name)
 
     def _participant(self, participant_id: str) -> Participant:
         participant = self.participants.get(participant_id)
