@@ -67,6 +67,7 @@ export class Session {
     this._publishOfferSent = false;
     this._departed = new Set();
     this._pingTimer = null;
+    this._fatalError = null;
   }
 
   _hook(name, ...args) {
@@ -101,7 +102,10 @@ export class Session {
         if (!opened) reject(new Error("could not connect to the signaling server"));
         if (this.closed) return;
         const why = event.reason ? `: ${event.reason}` : "";
-        this._status(`connection closed (${event.code}${why})`, "error");
+        const closedText = `connection closed (${event.code}${why})`;
+        // Keep a fatal error in view: it says why the server closed the socket.
+        const text = this._fatalError ? `${this._fatalError} — ${closedText}` : closedText;
+        this._status(text, "error");
         this._teardown();
         this._hook("closed", "socket closed");
       });
@@ -191,9 +195,17 @@ export class Session {
       case "pong":
         this.lastPong = Date.now();
         break;
-      case "error":
-        this._status(`error ${msg.code}: ${msg.message}`, "error");
+      case "error": {
+        const text = `error ${msg.code}: ${msg.message}`;
+        if (msg.fatal) this._fatalError = text;
+        this._status(text, "error");
+        if (this.participantId === null && msg.request_type === "join") {
+          // The join was refused (bad token, ...): this session is over.
+          this._teardown();
+          this._hook("closed", "join refused");
+        }
         break;
+      }
       default:
         break; // unknown types are ignored (forward compatibility)
     }
