@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sfu.consumer import Consumer
+from sfu.data_channel import DataChannels
 from sfu.producer import Producer, RtpStream
 from sfu.protocol import (
     CandidateMessage,
@@ -43,6 +44,7 @@ from sfu.sdp import (
     OutgoingMedia,
     SdpError,
     SessionDescription,
+    accepted_data_channel,
     create_publish_answer,
     create_subscribe_offer,
     default_outgoing_codecs,
@@ -119,6 +121,8 @@ class Participant:
         self._session_id = secrets.randbits(62)
         self._rtcp_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.data: DataChannels | None = None
+        """Data channels, once a publish offer carried a data channel m-line."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -147,6 +151,8 @@ class Participant:
         self._closed = True
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
+        if self.data is not None:
+            await self.data.close()
         for transport in (self.publish, self.subscribe):
             if transport is not None:
                 await transport.close()
@@ -174,6 +180,8 @@ class Participant:
             self.sink(message)
 
     def _on_transport_connected(self, transport: Transport) -> None:
+        if transport is self.publish and self.data is not None:
+            self.data.start(transport.session)
         if transport is self.subscribe:
             for slot in self._slots:
                 if slot.consumer is not None and slot.payload_type is not None:
@@ -205,8 +213,13 @@ class Participant:
             answer, published = create_publish_answer(
                 offer, self.publish.local_parameters(), allow_h264=self.context.settings.allow_h264
             )
-            if published:
-                first = offer.media_by_mid(published[0].mid)
+            sctp = accepted_data_channel(offer, answer)
+            if sctp is not None and self.data is None:
+                self.data = DataChannels(self, sctp)
+                if self.publish.connected.is_set():
+                    self.data.start(self.publish.session)
+            if answer.bundle_groups:
+                first = offer.media_by_mid(answer.bundle_groups[0][0])
                 assert first is not None
                 self.publish.start(offer.transport(first))
         except SdpError as exc:

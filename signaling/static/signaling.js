@@ -2,6 +2,8 @@
 // (publish: we offer; subscribe: the server offers). The DOM lives in ui.js; a
 // Session reports what changes through the `hooks` object given to it.
 
+import { DataChannels } from "./data.js";
+
 const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 20000;
 
@@ -38,6 +40,7 @@ export function signalingUrl(loc = window.location) {
  *   participantMedia(participant)  the participant's MediaStream changed
  *   localMute(kind, muted)
  *   closed(reason)                 the session ended (leave, socket closed, fatal error)
+ *   dataReady() dataMessage(message) dataError(error)   see data.js
  */
 export class Session {
   constructor({ name, simulcast = false }, hooks = {}) {
@@ -47,6 +50,8 @@ export class Session {
     this.ws = null;
     this.publishPc = null;
     this.subscribePc = null;
+    /** DataChannels (data.js) once publishing started */
+    this.data = null;
     this.participantId = null;
     this.room = null;
     this.canPublish = false;
@@ -320,6 +325,12 @@ export class Session {
 
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
     this.publishPc = pc;
+    // Data channels ride on the publish transport; created before the offer.
+    this.data = new DataChannels(pc, {
+      ready: () => this._hook("dataReady"),
+      message: (message) => this._hook("dataMessage", message),
+      error: (error) => this._hook("dataError", error),
+    });
     pc.addEventListener("icecandidate", (event) => {
       const message = {
         type: "candidate",
