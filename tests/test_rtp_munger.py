@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -260,6 +262,6 @@ def test_in_order_output_is_gapless_and_monotonic(
             outputs.append(result)
         now += 3000 * ((len(actions) - 1) // 3) / CLOCK
     assert outputs[0] == (initial_seq, initial_ts)
-    for (seq_a, ts_a), (seq_b, ts_b) in zip(outputs, outputs[1:], strict=False):
+    for (seq_a, ts_a), (seq_b, ts_b) in pairwise(outputs):
         assert seq_b == (seq_a + 1) & 0xFFFF
         assert 0 <= (ts_b - ts_a) & 0xFFFFFFFF < 1 << 31
