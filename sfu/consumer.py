@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,11 @@ class Consumer:
         self.octets_sent = 0
         self.retransmissions = 0
         self.nacks_received = 0
+        self.plis_received = 0
+        self.firs_received = 0
+        self.created_at = time.monotonic()
+        self.first_forwarded_at: float | None = None
+        """Monotonic time of the first forwarded packet (join latency metric)."""
         self.rtt: float | None = None
         self.fraction_lost = 0
         self._send_rtp = send_rtp
@@ -116,6 +122,8 @@ class Consumer:
                 return
             self.needs_key_frame = False
             self._started = True
+            if self.first_forwarded_at is None:
+                self.first_forwarded_at = time.monotonic()
             # Continue the subscriber's sequence and timestamp where they stopped, so
             # a restart looks like a pause, never like a jump backwards.
             self._seq_offset = (self._next_seq - seq) & 0xFFFF

@@ -109,6 +109,8 @@ class Participant:
         self.subscribe: Transport | None = None
         self.packets_unroutable = 0
         self.rtcp_errors = 0
+        self.joined_at = time.monotonic()
+        """When the join request reached the worker (join latency metric)."""
         self._ssrc_table: dict[int, tuple[Producer, RtpStream | None]] = {}
         self._mid_extension: int | None = None
         self._rid_extension: int | None = None
@@ -509,11 +511,13 @@ class Participant:
             if isinstance(packet, rtcp.PictureLossIndication):
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
+                    consumer.plis_received += 1
                     consumer.producer.request_key_frame()
             elif isinstance(packet, rtcp.FullIntraRequest):
                 for ssrc, _ in packet.entries:
                     consumer = self._consumers_by_ssrc.get(ssrc)
                     if consumer is not None:
+                        consumer.firs_received += 1
                         consumer.producer.request_key_frame()
             elif isinstance(packet, rtcp.GenericNack):
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)

@@ -8,11 +8,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypedDict
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel
 
 from sfu.config import Settings, get_settings
+from sfu.metrics import WorkerMetrics, render
 from sfu.worker_api import MediaWorker
 from signaling import SettingsDep, ws
 from signaling.auth import MAX_ID_LENGTH, check_id, mint_token
@@ -47,6 +48,14 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics of this process (``async``: collection must run on the loop
+    that owns the media worker, never in the thread pool)."""
+    body, content_type = render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/api/dev-token")
@@ -102,9 +111,12 @@ def _lifespan(
 
         owned = Worker(settings)
         await owned.start()
+        worker_metrics = WorkerMetrics(owned)
+        worker_metrics.start()
         try:
             yield {"worker": owned}
         finally:
+            await worker_metrics.stop()
             await owned.stop()
 
     return lifespan

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.types import Message
 
 from sfu.config import Settings
+from sfu.metrics import signaling as metrics
 from sfu.protocol import (
     CLIENT_MESSAGE_TYPES,
     MAX_MESSAGE_BYTES,
@@ -69,7 +70,9 @@ router = APIRouter()
 @router.websocket("/ws")
 async def signaling_socket(websocket: WebSocket, settings: SettingsDep, worker: WorkerDep) -> None:
     await websocket.accept()
-    await Session(websocket, worker, settings).run()
+    metrics.WEBSOCKET_ACCEPTED.inc()
+    with metrics.WEBSOCKET_CONNECTIONS.track_inprogress():
+        await Session(websocket, worker, settings).run()
 
 
 class _End(enum.Enum):
@@ -150,6 +153,8 @@ class Session:
                 SEND_QUEUE_LIMIT,
             )
             return
+        if isinstance(message, ErrorMessage):
+            metrics.count_error(message.code)
         self._queue.put_nowait(message)
 
     def _error(self, code: ErrorCode, message: str, request_type: str | None) -> None:
