@@ -228,6 +228,12 @@ class DtlsSrtpSession:
 
         self._connection.data_received = data_received  # type: ignore[method-assign]
 
+    @property
+    def dtls_transport(self) -> RTCDtlsTransport:
+        """aiortc's DTLS transport, for an ``RTCSctpTransport`` (data channels) to run
+        on: SCTP packets are DTLS records, which the fast path leaves to aiortc."""
+        return self._dtls
+
     # --- sending -----------------------------------------------------------------
 
     def send_rtp(self, packet: bytes) -> None:

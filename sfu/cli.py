@@ -1,4 +1,6 @@
-"""The ``sfu`` command: ``sfu serve`` runs the embedded server, ``sfu token`` mints a token.
+"""The ``sfu`` command: ``sfu serve`` runs the embedded server, ``sfu token`` mints a token;
+``sfu signaling`` / ``sfu worker`` run the two processes of a Redis cluster and
+``sfu drain`` tells a cluster worker to drain.
 
 Every ``serve`` flag overrides the :class:`~sfu.config.Settings` field of the same
 name; what no flag sets still comes from ``SFU_*`` environment variables.
@@ -67,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
 
+    _add_cluster_commands(commands)
+
     token = commands.add_parser(
         "token", help="mint an access token", description="Print a signed access token."
     )
@@ -79,6 +83,62 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds")
     _add_credentials(token)
     return parser
+
+
+def _add_cluster_commands(commands: Any) -> None:
+    signaling = commands.add_parser(
+        "signaling",
+        help="run a stateless signaling node of a Redis cluster",
+        description="Serve HTTP and /ws; rooms are placed on workers through Redis.",
+    )
+    signaling.set_defaults(command="signaling", run=_signaling)
+    signaling.add_argument("--host", help="HTTP/WebSocket bind address")
+    signaling.add_argument("--port", type=int, help="HTTP/WebSocket port")
+    signaling.add_argument("--node-id", help="this node's id (default: random)")
+    _add_redis(signaling)
+    _add_credentials(signaling)
+    signaling.add_argument(
+        "--no-dev-tokens",
+        dest="dev_tokens",
+        action="store_const",
+        const=False,
+        help="do not serve /api/dev-token",
+    )
+
+    worker = commands.add_parser(
+        "worker",
+        help="run one media worker of a Redis cluster",
+        description="Forward media for the rooms Redis places here. SIGTERM drains.",
+    )
+    worker.set_defaults(command="worker", run=_worker)
+    worker.add_argument("--worker-id", help="this worker's id (default: random)")
+    worker.add_argument(
+        "--ice-address",
+        dest="ice_addresses",
+        action="append",
+        metavar="ADDRESS",
+        help="address to gather ICE candidates on (repeatable; default: every interface)",
+    )
+    worker.add_argument("--announced-ip", help="public address written into candidates")
+    worker.add_argument("--capacity", type=int, help="participants this worker accepts")
+    _add_redis(worker)
+
+    drain = commands.add_parser(
+        "drain",
+        help="tell a cluster worker to drain",
+        description="The worker takes no new rooms and exits once its rooms are empty.",
+    )
+    drain.set_defaults(command="drain", run=_drain)
+    drain.add_argument("worker_id", help="the worker's id (see GET /api/workers)")
+    drain.add_argument(
+        "--timeout", type=float, help="seconds before remaining participants are moved"
+    )
+    _add_redis(drain)
+
+
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="redis://host:port/db of the cluster")
+    parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def _add_credentials(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +170,64 @@ def _token(args: argparse.Namespace) -> int:
         print(f"sfu token: {exc}", file=sys.stderr)
         return 2
     print(token)
+    return 0
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _signaling(args: argparse.Namespace) -> int:
+    from sfu.cluster.processes import run_signaling
+
+    settings = _settings(
+        args,
+        (
+            "host",
+            "port",
+            "node_id",
+            "redis_url",
+            "api_key",
+            "api_secret",
+            "dev_tokens",
+            "log_level",
+        ),
+    )
+    _configure_logging(settings)
+    uvloop.run(run_signaling(settings))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from sfu.cluster.processes import run_worker
+
+    settings = _settings(
+        args,
+        ("worker_id", "ice_addresses", "announced_ip", "capacity", "redis_url", "log_level"),
+    )
+    _configure_logging(settings)
+    uvloop.run(run_worker(settings))
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from sfu.cluster.backend import BackendUnavailable
+    from sfu.cluster.processes import drain_worker
+    from sfu.worker_api import ProtocolError
+
+    settings = _settings(args, ("redis_url", "log_level"))
+    try:
+        asyncio.run(drain_worker(settings, args.worker_id, args.timeout))
+    except ProtocolError as exc:
+        print(f"sfu drain: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except BackendUnavailable as exc:
+        print(f"sfu drain: {exc}", file=sys.stderr)
+        return 1
+    print(f"worker {args.worker_id} is draining")
     return 0
 
 

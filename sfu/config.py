@@ -38,7 +38,43 @@ class Settings(BaseSettings):
     ice_servers: list[str] = Field(
         default_factory=list, description="STUN/TURN URLs handed to clients"
     )
-    reconnect_grace_seconds: float = 10.0
+    reconnect_grace_seconds: float = Field(
+        default=10.0,
+        description="seconds a session whose socket dropped waits to be resumed (cluster)",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="the cluster's Redis (registry, placement, bus); `sfu signaling`/`worker`",
+    )
+    node_id: str | None = Field(
+        default=None, description="this signaling node's id (default: random per process)"
+    )
+    worker_id: str | None = Field(
+        default=None, description="this media worker's id (default: random per process)"
+    )
+    capacity: int = Field(
+        default=500, ge=1, description="participants a worker accepts before placement skips it"
+    )
+    heartbeat_interval: float = Field(
+        default=1.0, gt=0, description="seconds between a worker's (and a node's) heartbeats"
+    )
+    heartbeat_ttl: float = Field(
+        default=3.0, gt=0, description="seconds a missed heartbeat keeps a process registered"
+    )
+    room_lease: float = Field(
+        default=30.0, gt=0, description="seconds a room's placement outlives its worker's renewals"
+    )
+    rpc_timeout: float = Field(
+        default=5.0, gt=0, description="seconds a signaling node waits for a worker's reply"
+    )
+    monitor_interval: float = Field(
+        default=0.5, gt=0, description="seconds between a node's checks that workers are alive"
+    )
+    drain_timeout: float = Field(
+        default=3600.0,
+        ge=0,
+        description="seconds a draining worker waits for its rooms to end before moving them",
+    )
     log_level: str = "info"
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import secrets
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sfu.allocator import LayerInfo, TrackAllocationInput
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
-from sfu.rtp.seqnum import diff
 from sfu.rtp_munger import RtpMunger
 from sfu.vp8_munger import Vp8Munger
 
@@ -57,7 +58,9 @@ class Consumer:
         self.clock_rate = producer.clock_rate
         self.active = False
         """The subscriber accepted the m-line and its transport is connected."""
-        self.needs_key_frame = self.kind == "video"
+        self.needs_key_frame = True
+        """Nothing is forwarded until the producer hands over a switch point (a key
+        frame for video, any packet for audio) through :meth:`start_layer`."""
         self.paused = False
         self.max_spatial_layer: int | None = None
         self.max_width: int | None = None
@@ -70,14 +73,16 @@ class Consumer:
         self.octets_sent = 0
         self.retransmissions = 0
         self.nacks_received = 0
-        self.key_frame_requests_received = 0
-        self.first_packet_at: float | None = None
+        self.plis_received = 0
+        self.firs_received = 0
+        self.created_at = time.monotonic()
+        self.first_forwarded_at: float | None = None
+        """Monotonic time of the first forwarded packet (join latency metric)."""
         self.rtt: float | None = None
         self.fraction_lost = 0
         self._send_rtp = send_rtp
-        self._munger = RtpMunger()
+        self._munger = RtpMunger(secrets.randbits(16), secrets.randbits(32))
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
-        self._last_source_ts = 0
         self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
 
     @property
@@ -98,6 +103,28 @@ class Consumer:
         self.max_width = max_width
         self.max_height = max_height
 
+    def allocation_input(self, priority: int, now: float) -> TrackAllocationInput:
+        """What the allocator and dynacast need to know about this consumer."""
+        layers = [
+            LayerInfo(
+                spatial=index,
+                bitrate=stream.available_bitrate(now) if stream is not None else 0,
+                width=stream.width if stream is not None else 0,
+                height=stream.height if stream is not None else 0,
+            )
+            for index, stream in enumerate(self.producer.layers)
+        ]
+        return TrackAllocationInput(
+            track_id=self.id,
+            layers=layers,
+            priority=priority,
+            paused=self.paused,
+            max_spatial_layer=self.max_spatial_layer,
+            max_width=self.max_width,
+            max_height=self.max_height,
+            current_layer=self.current_layer,
+        )
+
     def activate(self, payload_type: int) -> None:
         """The subscriber accepted this consumer's m-line with ``payload_type`` and its
         transport is up: start forwarding (video from the next key frame)."""
@@ -110,16 +137,12 @@ class Consumer:
         self.active = False
 
     def restart(self) -> None:
-        """Resume from the next key frame (new subscriber, or a new publisher SSRC)."""
-        if self.kind == "video":
-            self.needs_key_frame = True
-            self.set_target_layer(
-                self.target_layer if self.target_layer is not None else len(self.producer.rids)
-            )
-        else:
-            stream = self.producer.stream_for_layer(0)
-            if stream is not None and self not in stream.consumers:
-                stream.consumers.append(self)
+        """Start over from the next key frame (audio: the next packet) of the target
+        layer: a new subscriber, or a publisher that restarted a stream."""
+        self.needs_key_frame = True
+        self.set_target_layer(
+            self.target_layer if self.target_layer is not None else len(self.producer.rids)
+        )
 
     def set_target_layer(self, layer: int | None) -> None:
         """Forward ``layer`` from its next key frame on; None stops forwarding."""
@@ -138,7 +161,7 @@ class Consumer:
             return
         self.producer.request_layer(self, layer)
 
-    def start_layer(self, stream: RtpStream, seq: int, ts: int, now: float) -> None:
+    def start_layer(self, stream: RtpStream, seq: int, ts: int, payload: bytes, now: float) -> None:
         """Called by the producer with the key frame of the layer to switch to."""
         if self.current_stream is not None and self.current_stream is not stream:
             self.layer_switches += 1
@@ -146,7 +169,7 @@ class Consumer:
         self.needs_key_frame = False
         self._munger.switch(seq, ts, now, self.clock_rate)
         if self._vp8 is not None:
-            self._vp8.switch()
+            self._vp8.switch(payload)
 
     def forward(
         self,
@@ -170,18 +193,16 @@ class Consumer:
         if translated is None:
             return
         out_seq, out_ts = translated
-        self._last_source_ts = ts
         if self._vp8 is not None:
             payload = self._vp8.rewrite(payload)
         packet = (
-            _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
-            + payload
+            _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc) + payload
         )
         self._cache[out_seq & _SEQ_MASK] = packet
         self.packets_sent += 1
         self.octets_sent += len(payload)
-        if self.first_packet_at is None:
-            self.first_packet_at = now
+        if self.first_forwarded_at is None:
+            self.first_forwarded_at = time.monotonic()
         self._send_rtp(packet)
 
     def retransmit(self, lost: list[int]) -> int:
@@ -199,9 +220,9 @@ class Consumer:
     def probe_packets(self, count: int) -> list[bytes]:
         """Recently sent packets to send again as bandwidth probes (the subscriber drops
         the duplicates; its transport-wide feedback still measures them)."""
-        last = self._munger.last_sequence_number
-        if last is None:
+        if self.packets_sent == 0:
             return []
+        last = self._munger.last_sequence_number
         packets = []
         for back in range(count):
             packet = self._cache[(last - back) & _SEQ_MASK]
@@ -214,20 +235,17 @@ class Consumer:
         """An SR translated from the publisher's SR of the current layer (lip sync
         survives), or from the wall clock before the publisher sent one."""
         stream = self.current_stream
-        last_ts = self._munger.last_timestamp
-        if stream is None or last_ts is None or self.packets_sent == 0:
+        if stream is None or self.packets_sent == 0:
             return None
         mapping = self.producer.timestamp_mapping(stream)
         if mapping is not None:
             ntp_timestamp, rtp_timestamp, arrival = mapping
             elapsed = now - arrival
-            # Source RTP time now, moved into this consumer's timestamp space through
-            # the last forwarded packet.
-            source_now = (rtp_timestamp + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
-            rtp = last_ts + diff(source_now, self._last_source_ts, 32)
+            # The publisher's RTP time now, moved into this consumer's timestamp space.
+            rtp = rtp_timestamp + int(elapsed * self.clock_rate) + self._munger.timestamp_offset
             ntp = ntp_timestamp + int(elapsed * (1 << 32))
         else:
-            rtp = last_ts
+            rtp = self._munger.last_timestamp
             ntp = ntp_from_unix(now)
         return SenderReport(
             ssrc=self.ssrc,

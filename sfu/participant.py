@@ -17,7 +17,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sfu.allocator import (
+    PRIORITY_ACTIVE_SPEAKER,
+    PRIORITY_DEFAULT,
+    PRIORITY_SCREEN_SHARE,
+    StreamAllocator,
+)
+from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
+from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.consumer import Consumer
+from sfu.data_channel import DataChannels
 from sfu.producer import Producer, RtpStream
 from sfu.protocol import (
     CandidateMessage,
@@ -36,9 +45,6 @@ from sfu.protocol import (
 from sfu.protocol import (
     Participant as ParticipantInfo,
 )
-from sfu.allocator import LayerInfo, StreamAllocator, TrackAllocationInput
-from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
-from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.rtp import rtcp
 from sfu.rtp.extensions import (
     SDES_MID,
@@ -57,6 +63,7 @@ from sfu.sdp import (
     OutgoingMedia,
     SdpError,
     SessionDescription,
+    accepted_data_channel,
     create_publish_answer,
     create_subscribe_offer,
     default_outgoing_codecs,
@@ -133,6 +140,8 @@ class Participant:
         self.subscribe: Transport | None = None
         self.packets_unroutable = 0
         self.rtcp_errors = 0
+        self.joined_at = time.monotonic()
+        """When the join request reached the worker (join latency metric)."""
         self._ssrc_table: dict[int, tuple[Producer, RtpStream | None]] = {}
         self._rtx_table: dict[int, tuple[Producer, RtpStream]] = {}
         self._mid_extension: int | None = None
@@ -156,6 +165,8 @@ class Participant:
         self._offer_dirty = False
         self._session_id = secrets.randbits(62)
         self._closed = False
+        self.data: DataChannels | None = None
+        """Data channels, once a publish offer carried a data channel m-line."""
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -181,6 +192,8 @@ class Participant:
         if self._closed:
             return
         self._closed = True
+        if self.data is not None:
+            await self.data.close()
         for transport in (self.publish, self.subscribe):
             if transport is not None:
                 await transport.close()
@@ -208,6 +221,8 @@ class Participant:
             self.sink(message)
 
     def _on_transport_connected(self, transport: Transport) -> None:
+        if transport is self.publish and self.data is not None:
+            self.data.start(transport.session)
         if transport is self.subscribe:
             for slot in self._slots:
                 if slot.consumer is not None and slot.payload_type is not None:
@@ -239,8 +254,13 @@ class Participant:
             answer, published = create_publish_answer(
                 offer, self.publish.local_parameters(), allow_h264=self.context.settings.allow_h264
             )
-            if published:
-                first = offer.media_by_mid(published[0].mid)
+            sctp = accepted_data_channel(offer, answer)
+            if sctp is not None and self.data is None:
+                self.data = DataChannels(self, sctp)
+                if self.publish.connected.is_set():
+                    self.data.start(self.publish.session)
+            if answer.bundle_groups:
+                first = offer.media_by_mid(answer.bundle_groups[0][0])
                 assert first is not None
                 self.publish.start(offer.transport(first))
         except SdpError as exc:
@@ -256,13 +276,9 @@ class Participant:
             self._mid_extension = ids.get(SDES_MID, self._mid_extension)
             self._rid_extension = ids.get(SDES_RTP_STREAM_ID, self._rid_extension)
             self._rrid_extension = ids.get(SDES_REPAIRED_RTP_STREAM_ID, self._rrid_extension)
-            self._transport_cc_extension = ids.get(
-                TRANSPORT_WIDE_CC, self._transport_cc_extension
-            )
+            self._transport_cc_extension = ids.get(TRANSPORT_WIDE_CC, self._transport_cc_extension)
             if media.kind == "audio":
-                self._audio_level_extension = ids.get(
-                    SSRC_AUDIO_LEVEL, self._audio_level_extension
-                )
+                self._audio_level_extension = ids.get(SSRC_AUDIO_LEVEL, self._audio_level_extension)
             if media.mid in self.producers:
                 continue
             info = message.tracks.get(media.mid, TrackInfo())
@@ -397,7 +413,6 @@ class Participant:
             int.from_bytes(data[4:8], "big"),
             stream.ssrc,
         )
-        producer.retransmission(stream, original_seq)
         producer.receive(stream, header + data[start + 2 :], 12, now)
 
     def _on_publish_rtcp(self, data: bytes) -> None:
@@ -594,11 +609,13 @@ class Participant:
             if isinstance(packet, rtcp.PictureLossIndication):
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
+                    consumer.plis_received += 1
                     consumer.producer.request_key_frame()
             elif isinstance(packet, rtcp.FullIntraRequest):
                 for ssrc, _ in packet.entries:
                     consumer = self._consumers_by_ssrc.get(ssrc)
                     if consumer is not None:
+                        consumer.firs_received += 1
                         consumer.producer.request_key_frame()
             elif isinstance(packet, rtcp.GenericNack):
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
@@ -700,30 +717,10 @@ class Participant:
         tracks = []
         for consumer in consumers:
             producer = consumer.producer
-            priority = 2 if producer.source == "screen" else 0
+            priority = PRIORITY_SCREEN_SHARE if producer.source == "screen" else PRIORITY_DEFAULT
             if producer.participant_id in speakers:
-                priority += 1
-            layers = [
-                LayerInfo(
-                    spatial=index,
-                    bitrate=stream.available_bitrate(now) if stream is not None else 0,
-                    width=stream.width if stream is not None else 0,
-                    height=stream.height if stream is not None else 0,
-                )
-                for index, stream in enumerate(producer.layers)
-            ]
-            tracks.append(
-                TrackAllocationInput(
-                    track_id=consumer.id,
-                    layers=layers,
-                    priority=priority,
-                    paused=consumer.paused,
-                    max_spatial_layer=consumer.max_spatial_layer,
-                    max_width=consumer.max_width,
-                    max_height=consumer.max_height,
-                    current_layer=consumer.current_layer,
-                )
-            )
+                priority += PRIORITY_ACTIVE_SPEAKER
+            tracks.append(consumer.allocation_input(priority, now))
         estimate = self.estimated_bitrate
         allocation = self._allocator.allocate(
             tracks, estimate if estimate is not None else UNKNOWN_ESTIMATE, now
@@ -731,7 +728,12 @@ class Participant:
         for consumer in consumers:
             consumer.set_target_layer(allocation.targets.get(consumer.id))
         if estimate is not None and allocation.deficient:
-            self._probe(now, allocation.wanted)
+            wanted = sum(
+                max((layer.bitrate for layer in track.layers), default=0)
+                for track in tracks
+                if track.track_id in allocation.deficient
+            )
+            self._probe(now, allocation.total + wanted)
 
     def _probe(self, now: float, target: int) -> None:
         """Send recent packets again so the estimate can discover room for ``target``."""

@@ -230,7 +230,7 @@ class Producer:
         if stream.pending and (key_frame or self.kind == "audio"):
             for consumer in list(stream.pending):
                 self.switch_consumer(consumer, stream)
-                consumer.start_layer(stream, seq, ts, now)
+                consumer.start_layer(stream, seq, ts, payload, now)
         for consumer in stream.consumers:
             consumer.forward(stream, marker, seq, ts, payload, key_frame, now)
 
@@ -241,10 +241,6 @@ class Producer:
             self._send_nack(stream.ssrc, result.nack)
         if result.key_frame_required:
             self.request_key_frame(stream)
-
-    def retransmission(self, stream: RtpStream, seq: int) -> None:
-        """An RTX packet repaired ``seq``: the NACK generator stops asking for it."""
-        stream.nack.recovered(seq)
 
     def nack_timer(self, now: float, rtt: float) -> None:
         if self._send_nack is None:

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest WebSocket text frame accepted from a client (an SDP offer is ~10 kB)."""
+CLOSE_WORKER_LOST = 4001
+"""Socket close code after a ``worker_lost`` error: join again (the room moved)."""
+CLOSE_REMOVED = 4002
+"""Socket close code after a ``removed`` error: do not rejoin."""
 
 
 class ErrorCode(StrEnum):
@@ -38,6 +42,9 @@ class ErrorCode(StrEnum):
     OUT_OF_ORDER = "out_of_order"
     TRANSPORT_FAILED = "transport_failed"
     WORKER_UNAVAILABLE = "worker_unavailable"
+    WORKER_LOST = "worker_lost"
+    REMOVED = "removed"
+    RESUME_FAILED = "resume_failed"
     INTERNAL = "internal"
 
 
@@ -55,6 +62,11 @@ class JoinMessage(_Message):
     type: Literal["join"] = "join"
     token: str
     name: str | None = Field(default=None, max_length=64, description="display name")
+    resume: str | None = Field(
+        default=None,
+        max_length=256,
+        description="the resume_token of a session whose socket dropped: take it over",
+    )
 
 
 class PublishOfferMessage(_Message):
@@ -197,6 +209,10 @@ class JoinedMessage(_Message):
     can_subscribe: bool
     participants: list[Participant]
     ice_servers: list[IceServer] = Field(default_factory=list)
+    resume_token: str | None = Field(
+        default=None, description="send it as join.resume after a dropped socket (cluster mode)"
+    )
+    resumed: bool = Field(default=False, description="this join took over an existing session")
 
 
 class PublishAnswerMessage(_Message):

@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sfu.active_speaker import ActiveSpeakerDetector
+from sfu.allocator import preferred_max_layer
 from sfu.dynacast import DynacastManager
 from sfu.protocol import (
     ActiveSpeakersMessage,
     ParticipantJoinedMessage,
     ParticipantLeftMessage,
+    PublisherLayersMessage,
     ServerMessage,
     TrackMutedMessage,
     TrackPublishedMessage,
     TrackUnpublishedMessage,
-    PublisherLayersMessage,
 )
 
 if TYPE_CHECKING:
@@ -86,9 +87,14 @@ class Room:
         manager = self._dynacast.get(producer.id)
         if manager is None:
             manager = self._dynacast[producer.id] = DynacastManager(producer.rids)
-        wanted = {
-            c.target_layer for c in producer.consumers.values() if c.target_layer is not None
-        }
+        # Wanted by preference, not by the allocator's current choice: a layer paused
+        # while bandwidth is short could never be chosen again once it stops flowing.
+        wanted: set[int] = set()
+        for consumer in producer.consumers.values():
+            if consumer.active:
+                preferred = preferred_max_layer(consumer.allocation_input(0, now))
+                if preferred is not None:
+                    wanted.update(range(preferred + 1))
         active = manager.update(wanted, now)
         if active is not None:
             for stream in producer.streams.values():

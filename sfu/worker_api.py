@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sfu.protocol import (
     CandidateMessage,
@@ -71,3 +71,19 @@ class MediaWorker(Protocol):
         ...
 
     async def leave(self, participant_id: str) -> None: ...
+
+
+@runtime_checkable
+class ResumableWorker(Protocol):
+    """A worker client whose sessions survive a dropped socket (the cluster router):
+    signaling detaches instead of leaving, and a later ``join`` with a resume token
+    takes the session over, on any node."""
+
+    async def detach(self, participant_id: str) -> None:
+        """The socket dropped without ``leave``; keep the session for a grace period."""
+        ...
+
+    async def resume(self, resume_token: str, grant: Grant, sink: EventSink) -> str:
+        """Attach ``sink`` to the session of ``resume_token``; delivers ``joined`` (with
+        ``resumed`` set) through it and returns the participant id."""
+        ...

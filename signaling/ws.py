@@ -21,8 +21,11 @@ from pydantic import ValidationError
 from starlette.types import Message
 
 from sfu.config import Settings
+from sfu.metrics import signaling as metrics
 from sfu.protocol import (
     CLIENT_MESSAGE_TYPES,
+    CLOSE_REMOVED,
+    CLOSE_WORKER_LOST,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     CandidateMessage,
@@ -40,7 +43,7 @@ from sfu.protocol import (
     TrackSettingsMessage,
     client_message_adapter,
 )
-from sfu.worker_api import Grant, MediaWorker, ProtocolError
+from sfu.worker_api import Grant, MediaWorker, ProtocolError, ResumableWorker
 from signaling import SettingsDep
 from signaling.auth import verify_token
 
@@ -50,6 +53,8 @@ SEND_QUEUE_LIMIT = 1024
 """Messages waiting for a slow client before its socket is closed with 1011."""
 CLOSE_SEND_OVERFLOW = 1011
 _MAX_REPORTED_ERRORS = 3
+_TERMINAL_ERRORS = {ErrorCode.WORKER_LOST: CLOSE_WORKER_LOST, ErrorCode.REMOVED: CLOSE_REMOVED}
+"""Fatal errors that end the session: the socket closes with this code after them."""
 
 _endings: set[asyncio.Task[None]] = set()
 """Session endings in progress (the event loop keeps only weak references to tasks)."""
@@ -69,7 +74,9 @@ router = APIRouter()
 @router.websocket("/ws")
 async def signaling_socket(websocket: WebSocket, settings: SettingsDep, worker: WorkerDep) -> None:
     await websocket.accept()
-    await Session(websocket, worker, settings).run()
+    metrics.WEBSOCKET_ACCEPTED.inc()
+    with metrics.WEBSOCKET_CONNECTIONS.track_inprogress():
+        await Session(websocket, worker, settings).run()
 
 
 class _End(enum.Enum):
@@ -95,6 +102,8 @@ class Session:
         self._queue: asyncio.Queue[ServerMessage | None] = asyncio.Queue()
         self._closing = False
         self._overflow = asyncio.Event()
+        self._terminated = asyncio.Event()
+        self._terminal_close: tuple[int, str] | None = None
         self._participant_id: str | None = None
         self._grant: Grant | None = None
 
@@ -102,11 +111,13 @@ class Session:
         writer = asyncio.create_task(self._write_loop())
         reader = asyncio.create_task(self._read_loop())
         overflow = asyncio.create_task(self._overflow.wait())
+        terminated = asyncio.create_task(self._terminated.wait())
         try:
-            await asyncio.wait((reader, overflow), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((reader, overflow, terminated), return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.cancel()
             overflow.cancel()
+            terminated.cancel()
             # Shielded so that a cancelled handler (server shutdown) still leaves.
             ending = asyncio.create_task(self._end(reader, writer))
             _endings.add(ending)
@@ -116,11 +127,14 @@ class Session:
     async def _end(self, reader: asyncio.Task[_End], writer: asyncio.Task[None]) -> None:
         await asyncio.wait((reader,))
         self._closing = True
-        await self._leave()
         left = (
             not reader.cancelled() and reader.exception() is None and reader.result() is _End.LEFT
         )
-        if left and not self._overflow.is_set():
+        terminal = self._terminal_close
+        # A dropped socket (or a node shutting down) keeps a resumable session alive.
+        failed = not reader.cancelled() and reader.exception() is not None
+        await self._leave(detach=not left and terminal is None and not failed)
+        if (left or terminal is not None) and not self._overflow.is_set():
             self._queue.put_nowait(None)  # flush what is queued, then stop
             await writer
         else:
@@ -129,6 +143,8 @@ class Session:
 
         if self._overflow.is_set():
             await self._close(CLOSE_SEND_OVERFLOW, "client does not read fast enough")
+        elif terminal is not None:
+            await self._close(*terminal)
         elif reader.cancelled():
             await self._close(1001, "server shutting down")
         elif (error := reader.exception()) is not None:
@@ -150,7 +166,14 @@ class Session:
                 SEND_QUEUE_LIMIT,
             )
             return
+        if isinstance(message, ErrorMessage):
+            metrics.count_error(message.code)
         self._queue.put_nowait(message)
+        if isinstance(message, ErrorMessage) and message.fatal and message.code in _TERMINAL_ERRORS:
+            self._closing = True
+            self._participant_id = None  # the worker has already let it go
+            self._terminal_close = (_TERMINAL_ERRORS[message.code], message.code.value)
+            self._terminated.set()
 
     def _error(self, code: ErrorCode, message: str, request_type: str | None) -> None:
         self.deliver(ErrorMessage(code=code, message=message, request_type=request_type))
@@ -221,6 +244,9 @@ class Session:
             )
         grant = verify_token(request.token, self._settings.api_key, self._settings.api_secret)
         grant = dataclasses.replace(grant, name=request.name or grant.name)
+        if request.resume is not None:
+            await self._resume(request.resume, grant)
+            return
         participant_id = "PA_" + secrets.token_urlsafe(9)
         # Set before the call so that a join cancelled half-way is still left; a join
         # that fails admitted nobody, and the client may try again.
@@ -234,12 +260,21 @@ class Session:
             raise
         self._grant = grant
 
-    async def _leave(self) -> None:
+    async def _resume(self, resume_token: str, grant: Grant) -> None:
+        if not isinstance(self._worker, ResumableWorker):
+            raise ProtocolError(ErrorCode.RESUME_FAILED, "this server does not resume sessions")
+        self._participant_id = await self._worker.resume(resume_token, grant, self.deliver)
+        self._grant = grant
+
+    async def _leave(self, detach: bool = False) -> None:
         participant_id, self._participant_id = self._participant_id, None
         if participant_id is None:
             return
         try:
-            await self._worker.leave(participant_id)
+            if detach and isinstance(self._worker, ResumableWorker):
+                await self._worker.detach(participant_id)
+            else:
+                await self._worker.leave(participant_id)
         except Exception:
             logger.exception("participant %s: leave failed", participant_id)
 

@@ -42,7 +42,8 @@ def make_producer(kind="video", recorder=None) -> Producer:
 
 
 def make_consumer(producer: Producer, recorder: Recorder, payload_type=96) -> Consumer:
-    consumer = Consumer("CO_x", producer, "PA_sub", recorder.packets.append)
+    consumer_id = f"CO_{len(producer.consumers)}"
+    consumer = Consumer(consumer_id, producer, "PA_sub", recorder.packets.append)
     producer.add_consumer(consumer)
     consumer.activate(payload_type)
     return consumer
@@ -142,11 +143,8 @@ def test_inactive_consumer_and_muted_producer_forward_nothing():
 def test_fan_out_gives_each_consumer_its_own_ssrc_and_sequence():
     producer = make_producer("audio")
     subs = [Recorder() for _ in range(3)]
-    consumers = [make_consumer(producer, r, payload_type=111) for r in subs]
-    consumers[1].id = "CO_y"
-    consumers[2].id = "CO_z"
-    producer.consumers = {c.id: c for c in consumers}
-    producer.add_consumer(consumers[0])
+    for recorder in subs:
+        make_consumer(producer, recorder, payload_type=111)
     for seq in range(4):
         feed(producer, seq, seq * 960, b"a")
     assert [len(r.packets) for r in subs] == [4, 4, 4]
@@ -189,7 +187,9 @@ async def test_key_frame_requests_are_throttled_per_stream():
     pub = Recorder()
     producer = make_producer(recorder=pub)
     feed(producer, 1, 0, VP8_DELTA)
-    assert len(pub.plis) == 1, "a new stream is asked for a key frame at once"
+    assert pub.plis == [], "no consumer, no key frame request"
+    make_consumer(producer, Recorder())
+    assert len(pub.plis) == 1, "a new consumer's stream is asked for a key frame at once"
     for _ in range(10):
         producer.request_key_frame()
     assert len(pub.plis) == 1, "requests within the interval wait"

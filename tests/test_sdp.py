@@ -422,6 +422,7 @@ def test_publish_answer_rejects_unusable_sections():
             formats=["webrtc-datachannel"],
             codecs=[],
             mid="2",
+            port=0,  # a data channel section the offerer itself disabled
             sctp_port=5000,
         )
     )

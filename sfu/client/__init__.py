@@ -11,6 +11,7 @@ Example::
         frame = await remote.track.recv()  # an av.VideoFrame
 """
 
+from sfu.client.data import DataError, DataLink, DataMessage
 from sfu.client.errors import SfuError
 from sfu.client.ice import use_loopback_ice
 from sfu.client.media import ColorBarsTrack, SyntheticVideoTrack, ToneAudioTrack
@@ -20,6 +21,9 @@ from sfu.client.tracks import RemoteMediaTrack, RemoteTrack
 
 __all__ = [
     "ColorBarsTrack",
+    "DataError",
+    "DataLink",
+    "DataMessage",
     "RemoteMediaTrack",
     "RemoteTrack",
     "RoomClient",

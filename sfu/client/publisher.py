@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -35,11 +35,28 @@ class Publisher:
         self.tracks: dict[str, MediaStreamTrack] = {}
         """Per server track id: the local track being sent."""
         self._serial = SerialQueue("sfu-client-publish")
+        self._has_data = False
 
     async def publish(self, tracks: Sequence[tuple[MediaStreamTrack, Source]]) -> list[str]:
         """Add ``tracks`` (with their sources) and return their server track ids."""
         infos = [TrackInfo(source=source) for _, source in tracks]
         return await self._serial.run(lambda: self._negotiate(tracks, infos))
+
+    async def open_data(self, attach: Callable[[RTCPeerConnection], None]) -> None:
+        """Negotiate data channels: ``attach`` creates them on the peer connection.
+
+        The data channels ride on the publish transport (the server runs SCTP there),
+        so a client that publishes no media still has this peer connection.
+        """
+
+        async def negotiate() -> None:
+            if self._pc is None:
+                self._pc = RTCPeerConnection(self._configuration)
+            attach(self._pc)
+            self._has_data = True
+            await self._negotiate([], [])
+
+        await self._serial.run(negotiate)
 
     def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Apply a candidate the server trickled for the publish transport."""
@@ -87,12 +104,12 @@ class Publisher:
         return track_ids
 
     async def _abandon(self, added: list[RTCRtpTransceiver]) -> None:
-        """Forget a failed negotiation: without published tracks, start over next
+        """Forget a failed negotiation: without tracks or data channels, start over next
         time; otherwise stop the transceivers the server did not accept."""
         for transceiver in added:
             if transceiver.mid is not None:
                 self._sources.pop(transceiver.mid, None)
-        if not self.track_ids and self._pc is not None:
+        if not self.track_ids and not self._has_data and self._pc is not None:
             await self._pc.close()
             self._pc = None
             return

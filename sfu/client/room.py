@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from sfu.client.data import DataLink
 from sfu.client.errors import CONNECTION_CLOSED, HTTP_ERROR, SfuError
 from sfu.client.ice import rtc_configuration, use_loopback_ice
 from sfu.client.publisher import Publisher, Source
@@ -85,9 +86,10 @@ class RoomClient:
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._early: list[ServerMessage] = []
+        self._data = DataLink()
         """Messages that arrived between ``joined`` and the transports' creation."""
 
-    async def _join(self, url: str, token: str, name: str | None) -> None:
+    async def _join(self, url: str, token: str, name: str | None, data: bool = True) -> None:
         self._signaling = await SignalingChannel.open(
             websocket_url(url), self._handle, self._signaling_closed
         )
@@ -112,6 +114,13 @@ class RoomClient:
         early, self._early = self._early, []
         for message in early:
             self._handle(message)
+        if data and joined.can_publish:
+            try:
+                await self._publisher.open_data(self._data.attach)
+                await self._data.wait_open()
+            except BaseException:
+                await self.close()
+                raise
 
     # --- state ------------------------------------------------------------------------
 
@@ -148,6 +157,11 @@ class RoomClient:
     def published_tracks(self) -> dict[str, MediaStreamTrack]:
         """The local tracks this client publishes, by the server's track id."""
         return self._publisher.tracks if self._publisher is not None else {}
+
+    @property
+    def data(self) -> DataLink:
+        """Data messages: ``await room.data.send(...)``, ``await room.data.recv()``."""
+        return self._data
 
     @property
     def closed(self) -> bool:
@@ -251,6 +265,7 @@ class RoomClient:
 
     async def _close(self) -> None:
         self._closed = True
+        self._data.close()
         if self._subscriber is not None:
             await self._subscriber.close()
         if self._publisher is not None:
@@ -343,18 +358,25 @@ def _require(value: T | None) -> T:
 
 
 async def connect(
-    url: str, token: str, *, name: str | None = None, loopback_only: bool = False
+    url: str,
+    token: str,
+    *,
+    name: str | None = None,
+    loopback_only: bool = False,
+    data: bool = True,
 ) -> RoomClient:
     """Join the room named in ``token`` and return the connected client.
 
     ``url`` is the server's http(s) base URL or its ws(s) URL. ``loopback_only``
     calls :func:`use_loopback_ice` first (process-wide; for tests on one host).
+    ``data`` opens the data channels (:attr:`RoomClient.data`) when the token may
+    publish; they ride on the publish transport.
     Raises :class:`SfuError` (``bad_token``, ``token_expired``, …) if the join fails.
     """
     if loopback_only:
         use_loopback_ice()
     client = RoomClient()
-    await client._join(url, token, name)
+    await client._join(url, token, name, data)
     return client
 
 

@@ -30,6 +30,16 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
+DATA_CHANNEL_PROTOCOLS = ("UDP/DTLS/SCTP", "TCP/DTLS/SCTP")
+DATA_CHANNEL_FORMAT = "webrtc-datachannel"
+SCTP_PORT = 5000
+"""The server's SCTP port, and the remote one when the offer has no a=sctp-port (RFC 8841)."""
+SCTP_MAX_MESSAGE_SIZE = 262144
+"""a=max-message-size the server advertises: what aiortc's SCTP stack reassembles. The
+relay's own, smaller limit is enforced on top, with an error the sender can read."""
+REMOTE_DEFAULT_MAX_MESSAGE_SIZE = 65536
+"""What to assume when an offer has no a=max-message-size (RFC 8841 section 6)."""
+
 
 @dataclass(frozen=True)
 class CodecPolicy:
@@ -254,9 +264,69 @@ def _published_media(
     )
 
 
+@dataclass(frozen=True)
+class SctpParameters:
+    """The publisher's end of an accepted data channel m= section."""
+
+    mid: str
+    port: int
+    max_message_size: int
+    """0 means no limit (RFC 8841)."""
+
+
+def _answer_application(
+    offered: MediaSection, local: LocalTransport, bundled: bool
+) -> MediaSection:
+    """Accept a WebRTC data channel section (SCTP over the bundled DTLS transport)."""
+    if not (
+        bundled
+        and offered.port != 0
+        and offered.protocol in DATA_CHANNEL_PROTOCOLS
+        and DATA_CHANNEL_FORMAT in offered.formats
+        and offered.mid is not None
+    ):
+        return _rejected_section(offered)
+    answer = MediaSection(
+        kind="application",
+        port=9,
+        protocol=offered.protocol,
+        formats=[DATA_CHANNEL_FORMAT],
+        mid=offered.mid,
+        host="0.0.0.0",
+        sctp_port=SCTP_PORT,
+        max_message_size=SCTP_MAX_MESSAGE_SIZE,
+    )
+    _set_transport(answer, local, "passive")
+    return answer
+
+
+def accepted_data_channel(
+    offer: SessionDescription, answer: SessionDescription
+) -> SctpParameters | None:
+    """The data channel section ``answer`` accepted from ``offer``, if any."""
+    for section in answer.media:
+        if section.kind != "application" or section.rejected or section.mid is None:
+            continue
+        offered = offer.media_by_mid(section.mid)
+        if offered is None:
+            continue
+        return SctpParameters(
+            mid=section.mid,
+            port=offered.sctp_port or SCTP_PORT,
+            max_message_size=(
+                REMOTE_DEFAULT_MAX_MESSAGE_SIZE
+                if offered.max_message_size is None
+                else offered.max_message_size
+            ),
+        )
+    return None
+
+
 def _answer_media(
     offered: MediaSection, local: LocalTransport, bundled: bool, allow_h264: bool
 ) -> tuple[MediaSection, PublishedMedia | None]:
+    if offered.kind == "application":
+        return _answer_application(offered, local, bundled), None
     acceptable = (
         bundled
         and offered.kind in ("audio", "video")
@@ -296,7 +366,8 @@ def _answer_media(
 def create_publish_answer(
     offer: SessionDescription, local: LocalTransport, allow_h264: bool = False
 ) -> tuple[SessionDescription, list[PublishedMedia]]:
-    """Answer a publisher's offer: receive its audio and video, reject everything else.
+    """Answer a publisher's offer: receive its audio and video, accept its data channel
+    section, reject everything else.
 
     Only m= sections in the offer's first BUNDLE group are accepted (the server runs one
     transport per peer connection). The answer's origin reuses the offer's session id and
@@ -319,6 +390,7 @@ def create_publish_answer(
         if media is not None:
             published.append(media)
     accepted = {media.mid for media in published}
+    accepted |= {s.mid for s in answer.media if s.kind == "application" and not s.rejected}
     if accepted:
         answer.bundle_groups = [[mid for mid in bundle if mid in accepted]]
     return answer, published

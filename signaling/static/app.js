@@ -4,11 +4,21 @@
 // URL parameters: ?room=R&name=N joins directly; &simulcast=1 publishes simulcast;
 // &identity=I picks the identity put in the dev token (random by default).
 
+import { CHAT_TOPIC, ChatPanel } from "./chat.js";
 import { Session, fetchDevToken } from "./signaling.js";
 import { Ui } from "./ui.js";
 
 const ui = new Ui();
 let session = null;
+/** Data messages and errors this page received (for tests and debugging). */
+const dataMessages = [];
+const dataErrors = [];
+
+function sendData(data, options = {}) {
+  return session && session.data ? session.data.send(data, options) : false;
+}
+
+const chat = new ChatPanel((text) => sendData({ text }, { topic: CHAT_TOPIC }));
 
 function flag(value) {
   return value !== null && !["", "0", "false", "no", "off"].includes(value.toLowerCase());
@@ -53,6 +63,12 @@ window.sfu = {
   get lastError() {
     return session ? session.lastError : null;
   },
+  get dataReady() {
+    return Boolean(session && session.data && session.data.isReady);
+  },
+  dataMessages,
+  dataErrors,
+  sendData,
   async stats() {
     return session ? session.stats() : structuredClone(EMPTY_STATS);
   },
@@ -75,6 +91,16 @@ async function join({ room, name, simulcast = false, identity = null }) {
       participantRemoved: (id) => ui.removeParticipant(id),
       participantMedia: (p) => ui.updateMedia(p),
       localMute: (kind, muted) => ui.setControl(kind, muted),
+      dataMessage: (message) => {
+        dataMessages.push(message);
+        if (message.topic === CHAT_TOPIC && typeof message.data?.text === "string") {
+          chat.add(message.from.name || message.from.identity, message.data.text);
+        }
+      },
+      dataError: (error) => {
+        dataErrors.push(error);
+        chat.add("", `not delivered: ${error.message}`, "system");
+      },
       closed: (reason) => {
         if (session !== current) return;
         session = null;
@@ -84,6 +110,7 @@ async function join({ room, name, simulcast = false, identity = null }) {
     },
   );
   session = current;
+  chat.clear();
   try {
     const token = await fetchDevToken(room, identity || identityFor(name), name);
     if (session !== current) return;

@@ -2,6 +2,8 @@
 // (publish: we offer; subscribe: the server offers). The DOM lives in ui.js; a
 // Session reports what changes through the `hooks` object given to it.
 
+import { DataChannels } from "./data.js";
+
 const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 20000;
 
@@ -38,6 +40,7 @@ export function signalingUrl(loc = window.location) {
  *   participantMedia(participant)  the participant's MediaStream changed
  *   localMute(kind, muted)
  *   closed(reason)                 the session ended (leave, socket closed, fatal error)
+ *   dataReady() dataMessage(message) dataError(error)   see data.js
  */
 export class Session {
   constructor({ name, simulcast = false }, hooks = {}) {
@@ -47,6 +50,8 @@ export class Session {
     this.ws = null;
     this.publishPc = null;
     this.subscribePc = null;
+    /** DataChannels (data.js) once publishing started */
+    this.data = null;
     this.participantId = null;
     this.room = null;
     this.canPublish = false;
@@ -67,6 +72,7 @@ export class Session {
     this._publishOfferSent = false;
     this._departed = new Set();
     this._pingTimer = null;
+    this._fatalError = null;
   }
 
   _hook(name, ...args) {
@@ -101,7 +107,10 @@ export class Session {
         if (!opened) reject(new Error("could not connect to the signaling server"));
         if (this.closed) return;
         const why = event.reason ? `: ${event.reason}` : "";
-        this._status(`connection closed (${event.code}${why})`, "error");
+        const closedText = `connection closed (${event.code}${why})`;
+        // Keep a fatal error in view: it says why the server closed the socket.
+        const text = this._fatalError ? `${this._fatalError} — ${closedText}` : closedText;
+        this._status(text, "error");
         this._teardown();
         this._hook("closed", "socket closed");
       });
@@ -191,9 +200,17 @@ export class Session {
       case "pong":
         this.lastPong = Date.now();
         break;
-      case "error":
-        this._status(`error ${msg.code}: ${msg.message}`, "error");
+      case "error": {
+        const text = `error ${msg.code}: ${msg.message}`;
+        if (msg.fatal) this._fatalError = text;
+        this._status(text, "error");
+        if (this.participantId === null && msg.request_type === "join") {
+          // The join was refused (bad token, ...): this session is over.
+          this._teardown();
+          this._hook("closed", "join refused");
+        }
         break;
+      }
       default:
         break; // unknown types are ignored (forward compatibility)
     }
@@ -308,6 +325,12 @@ export class Session {
 
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
     this.publishPc = pc;
+    // Data channels ride on the publish transport; created before the offer.
+    this.data = new DataChannels(pc, {
+      ready: () => this._hook("dataReady"),
+      message: (message) => this._hook("dataMessage", message),
+      error: (error) => this._hook("dataError", error),
+    });
     pc.addEventListener("icecandidate", (event) => {
       const message = {
         type: "candidate",

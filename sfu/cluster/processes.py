@@ -1,0 +1,103 @@
+"""The two cluster processes: ``sfu signaling`` (stateless FastAPI node) and
+``sfu worker`` (one media worker on uvloop), both talking to Redis.
+
+Either process starts without Redis and waits for it: a worker serves nobody until
+it can register, and a signaling node answers joins with ``worker_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+
+from sfu.cluster.backend import BackendUnavailable
+from sfu.cluster.redis_backend import RedisBackend
+from sfu.cluster.router import ClusterRouter
+from sfu.cluster.rpc import RpcClient
+from sfu.cluster.worker_service import WorkerService
+from sfu.config import Settings
+from sfu.protocol import MAX_MESSAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+STARTUP_RETRY_SECONDS = 0.5
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+async def _until_connected(start: Callable[[], Awaitable[None]], what: str) -> None:
+    """Await ``start()`` until the store answers (Redis may come up after us)."""
+    while True:
+        try:
+            await start()
+            return
+        except BackendUnavailable as exc:
+            logger.warning("%s: waiting for Redis: %s", what, exc)
+            await asyncio.sleep(STARTUP_RETRY_SECONDS)
+
+
+async def run_signaling(settings: Settings) -> None:
+    """Serve HTTP and ``/ws`` with a :class:`ClusterRouter` until SIGTERM/SIGINT."""
+    from signaling.app import create_app  # sfu/ imports FastAPI only here, at run time
+
+    node_id = settings.node_id or new_id("node")
+    backend = RedisBackend(settings.redis_url)
+    router = ClusterRouter(settings, backend, node_id)
+    await _until_connected(router.start, f"signaling node {node_id}")
+    config = uvicorn.Config(
+        create_app(settings, router, router),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=16 * MAX_MESSAGE_BYTES,
+    )
+    logger.info("signaling node %s on %s:%d", node_id, settings.host, settings.port)
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await router.stop()
+        await backend.close()
+
+
+async def run_worker(settings: Settings) -> None:
+    """Serve one media worker until SIGINT, or until drained after SIGTERM."""
+    worker_id = settings.worker_id or new_id("worker")
+    backend = RedisBackend(settings.redis_url)
+    service = WorkerService(settings, backend, worker_id)
+    await _until_connected(service.start, f"worker {worker_id}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, service.drain)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    finished = asyncio.create_task(service.finished.wait())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((finished, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished.cancel()
+        stopped.cancel()
+        logger.info("worker %s stopping", worker_id)
+        await service.stop()
+        await backend.close()
+
+
+async def drain_worker(settings: Settings, worker_id: str, timeout: float | None) -> None:
+    """Ask a running worker to drain (what ``POST /api/workers/{id}/drain`` does)."""
+    backend = RedisBackend(settings.redis_url)
+    client = RpcClient(backend, new_id("drain"), settings.rpc_timeout)
+    try:
+        await client.start()
+        await client.call(worker_id, "drain", timeout=timeout)
+    finally:
+        with contextlib.suppress(BackendUnavailable):
+            await client.stop()
+        await backend.close()

@@ -1,0 +1,17 @@
+"""Prometheus metrics of every pysfu process.
+
+- :mod:`sfu.metrics.worker`: the media worker's figures, read at scrape time from the
+  plain-int counters of the media objects (nothing on the packet path).
+- :mod:`sfu.metrics.signaling`: WebSocket connections, errors by code, Redis round
+  trips and errors.
+- :mod:`sfu.metrics.http`: the ``/metrics`` body and a standalone server for a process
+  without an HTTP app.
+
+The README's Operations section lists every metric; ``grafana/`` holds dashboards
+whose queries ``tests/test_dashboards.py`` evaluates against a real Prometheus.
+"""
+
+from sfu.metrics.http import metrics_app, metrics_server, render
+from sfu.metrics.worker import WorkerMetrics
+
+__all__ = ["WorkerMetrics", "metrics_app", "metrics_server", "render"]
