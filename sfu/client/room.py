@@ -90,6 +90,8 @@ class RoomClient:
         self._remote_tracks: dict[str, RemoteTrack] = {}
         self._events: deque[ServerMessage] = deque(maxlen=MAX_BUFFERED_EVENTS)
         self._changed = _Changed()
+        self.relay_only = False
+        """ICE through the TURN server of ``joined.ice_servers`` only (see :func:`connect`)."""
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._early: list[ServerMessage] = []
@@ -119,7 +121,7 @@ class RoomClient:
             for p in joined.participants
             if p.participant_id != joined.participant_id
         }
-        configuration = rtc_configuration(joined.ice_servers)
+        configuration = rtc_configuration(joined.ice_servers, relay_only=self.relay_only)
         self._publisher = Publisher(configuration, self._signaling)
         self._subscriber = Subscriber(
             configuration, self._signaling, self._track_added, self._track_ended
@@ -461,6 +463,7 @@ async def connect(
     *,
     name: str | None = None,
     loopback_only: bool = False,
+    relay_only: bool = False,
     data: bool = True,
     reconnect: bool = True,
 ) -> RoomClient:
@@ -468,6 +471,8 @@ async def connect(
 
     ``url`` is the server's http(s) base URL or its ws(s) URL. ``loopback_only``
     calls :func:`use_loopback_ice` first (process-wide; for tests on one host).
+    ``relay_only`` sets ``iceTransportPolicy=relay``: media goes through the TURN
+    server the ``joined`` reply names, never directly (to test a TURN deployment).
     ``data`` opens the data channels (:attr:`RoomClient.data`) when the token may
     publish; they ride on the publish transport. With ``reconnect`` (cluster mode) a
     dropped socket resumes the session through any signaling node, and a lost media
@@ -477,6 +482,7 @@ async def connect(
     if loopback_only:
         use_loopback_ice()
     client = RoomClient()
+    client.relay_only = relay_only
     client._reconnect = reconnect
     await client._join(url, token, name, data)
     return client
