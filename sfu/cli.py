@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from sfu.bench import loadtest
 from sfu.config import Settings
 from sfu.protocol import MAX_MESSAGE_BYTES
 from signaling.app import create_app
@@ -82,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--no-subscribe", dest="can_subscribe", action="store_false")
     token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds")
     _add_credentials(token)
+
+    load_test = commands.add_parser(
+        "load-test",
+        help="N publishers and M subscribers against a server, with a report",
+        description=(loadtest.__doc__ or "").split("\n\n")[0],
+    )
+    load_test.set_defaults(command="load-test", run=loadtest.main)
+    loadtest.configure_parser(load_test)
     return parser
 
 

@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     ice_servers: list[str] = Field(
         default_factory=list, description="STUN/TURN URLs handed to clients"
     )
+    turn_urls: list[str] = Field(
+        default_factory=list,
+        description="TURN URLs (turn:host:3478?transport=udp, turns:...) handed to clients "
+        "with time-limited credentials minted from turn_secret",
+    )
+    turn_secret: str | None = Field(
+        default=None, description="coturn's static-auth-secret (TURN REST API credentials)"
+    )
+    turn_ttl_seconds: int = Field(
+        default=6 * 3600, description="lifetime of the TURN credentials handed to a client"
+    )
     reconnect_grace_seconds: float = Field(
         default=10.0,
         description="seconds a session whose socket dropped waits to be resumed (cluster)",

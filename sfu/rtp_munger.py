@@ -40,10 +40,10 @@ class RtpMunger:
     ``initial_sequence_number`` and ``initial_timestamp`` are the values the first
     forwarded packet gets (a consumer picks them at random, RFC 3550 §5.1).
 
-    The munger does not look at SSRCs unless told: pass ``ssrc`` to both :meth:`switch`
-    and :meth:`translate` and packets of any other stream (a late packet of the previous
-    layer) are refused; otherwise the caller must only pass packets of the stream it
-    switched to.
+    The munger does not look at SSRCs unless told: pass ``ssrc`` to :meth:`switch` and
+    to :meth:`translate` / :meth:`drop` and packets of any other stream (a late packet
+    of the previous layer) are refused; otherwise the caller must only pass packets of
+    the stream it switched to.
     """
 
     __slots__ = (
@@ -167,15 +167,16 @@ class RtpMunger:
             self._trim(ext_seq)
         return out_seq & _SEQ_MASK, out_ts & _TS_MASK
 
-    def drop(self, seq: int) -> None:
+    def drop(self, seq: int, ssrc: int | None = None) -> None:
         """A source packet is intentionally not forwarded: shift later packets down.
 
         Only a packet newer than every packet seen can be dropped without a trace; an
         older one (reordered) is ignored, because packets after it have already gone
-        out with their numbers, and it stays a hole.
+        out with their numbers, and it stays a hole. A packet of another SSRC than the
+        one switched to (when both are given) is ignored.
         """
         extender = self._seq_ext
-        if extender is None:
+        if extender is None or (ssrc is not None and self._ssrc not in (None, ssrc)):
             return
         ext_seq = extender.update(seq)
         if ext_seq <= self._highest_in:

@@ -32,6 +32,7 @@ from sfu.protocol import (
     ClientMessage,
     ErrorCode,
     ErrorMessage,
+    JoinedMessage,
     JoinMessage,
     LeaveMessage,
     MuteMessage,
@@ -46,6 +47,7 @@ from sfu.protocol import (
 from sfu.worker_api import Grant, MediaWorker, ProtocolError, ResumableWorker
 from signaling import SettingsDep
 from signaling.auth import verify_token
+from signaling.turn import turn_ice_servers
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,10 @@ class Session:
             return
         if isinstance(message, ErrorMessage):
             metrics.count_error(message.code)
+        elif isinstance(message, JoinedMessage):
+            turn = turn_ice_servers(self._settings, message.identity)
+            if turn:
+                message = message.model_copy(update={"ice_servers": [*message.ice_servers, *turn]})
         self._queue.put_nowait(message)
         if isinstance(message, ErrorMessage) and message.fatal and message.code in _TERMINAL_ERRORS:
             self._closing = True

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 command -v chromium >/dev/null || apt_packages+=(chromium)
 command -v redis-server >/dev/null || apt_packages+=(redis-server)
+command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)  # voice agent TTS
+command -v prometheus >/dev/null || apt_packages+=(prometheus)  # tests/test_dashboards.py
+command -v turnserver >/dev/null || apt_packages+=(coturn)  # tests/test_turn.py
+command -v docker-compose >/dev/null || apt_packages+=(docker-compose)  # tests/test_deploy.py
 python3 -c "import venv, ensurepip" 2>/dev/null || apt_packages+=(python3-venv)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -15,7 +15,7 @@ CLOCK = 90000
 # A script is a list of steps:
 #   ("switch", ssrc, seq, ts, now)            switch to a new source stream at this packet
 #   ("rtp", ssrc, seq, ts, expected)          translate; expected (seq, ts) or None
-#   ("drop", seq)                             the packet is not forwarded
+#   ("drop", seq[, ssrc])                     the packet is not forwarded
 SCRIPTS = {
     "first switch keeps the initial values": (
         (1000, 5000),
@@ -96,6 +96,7 @@ SCRIPTS = {
             ("switch", 2, 500, 0, 1 / CLOCK),
             ("rtp", 2, 500, 0, (3, 1)),
             ("rtp", 1, 11, 0, None),
+            ("drop", 13, 1),
             ("rtp", 2, 501, 0, (4, 1)),
         ],
     ),
@@ -207,7 +208,7 @@ def test_scripts(initial: tuple[int, int], script: list[tuple]) -> None:
             _, ssrc, seq, ts, expected = step
             assert munger.translate(seq, ts, ssrc=ssrc) == expected, step
         else:
-            munger.drop(step[1])
+            munger.drop(*step[1:])
 
 
 def test_last_values_and_offset_follow_the_newest_packet() -> None:

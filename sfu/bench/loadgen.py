@@ -62,6 +62,10 @@ class LoadStats:
     """Sum over the received SSRCs of (highest - first sequence number + 1)."""
     key_frame_requests: int = 0
     errors: list[str] = field(default_factory=list)
+    join_latencies: list[float] = field(default_factory=list)
+    """Seconds from socket open to ``joined``, one per participant that joined."""
+    media_latencies: list[float] = field(default_factory=list)
+    """Seconds from socket open to media flowing, one per participant that got there."""
 
 
 def run_load_generator(spec: LoadSpec, conn: Connection) -> None:
@@ -141,6 +145,11 @@ class _LoadGenerator:
         stats.publishers = len(self.publishers)
         stats.subscribers = len(self.subscribers)
         stats.errors = list(self.errors)
+        for participant in [*self.publishers, *self.subscribers]:
+            if participant.join_latency is not None:
+                stats.join_latencies.append(participant.join_latency)
+            if participant.media_latency is not None:
+                stats.media_latencies.append(participant.media_latency)
         for publisher in self.publishers:
             stats.publishers_connected += publisher.connected
             stats.packets_sent += publisher.packets_sent

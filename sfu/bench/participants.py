@@ -117,6 +117,16 @@ class _Participant:
         self._certificate = certificate
         self._ws: ClientConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._started = 0.0
+        self.join_latency: float | None = None
+        """Seconds from opening the socket to the ``joined`` reply."""
+        self.media_latency: float | None = None
+        """Seconds from opening the socket to media: a publisher's transport is up, a
+        subscriber's first packet arrived."""
+
+    def _media_started(self) -> None:
+        if self.media_latency is None:
+            self.media_latency = time.monotonic() - self._started
 
     def _new_session(self, ice_controlling: bool) -> DtlsSrtpSession:
         return DtlsSrtpSession(
@@ -142,11 +152,13 @@ class _Participant:
         Background work (connecting, sending media and reports) runs in a task group:
         if any of it fails, the whole participant fails with an ExceptionGroup.
         """
+        self._started = time.monotonic()
         async with connect(self.url, max_size=4 * 1024 * 1024) as ws, asyncio.TaskGroup() as tasks:
             self._ws = ws
             self._tasks = tasks
             await self._send(JoinMessage(token=self.token))
             await self._receive("joined")
+            self.join_latency = time.monotonic() - self._started
             await self._negotiate()
             while True:
                 await self._handle(await self._next_message())
@@ -330,6 +342,7 @@ class BenchPublisher(_Participant):
                 track.set_mid_extension(extension_id)
         await _connect_session(self.session, answer.transport(answer.media[0]))
         self.connected = True
+        self._media_started()
         for track in self.tracks:
             self._start(track.run(self.session.send_rtp))
         self._start(self._send_reports())
@@ -442,6 +455,7 @@ class BenchSubscriber(_Participant):
         ssrc = _SSRC.unpack_from(data, 8)[0]
         stream = self.streams.get(ssrc)
         if stream is None:
+            self._media_started()
             stream = ReceiveStatistics(ssrc, self._clock_rates.get(ssrc, 90000))
             self.streams[ssrc] = stream
         sequence, timestamp = _SEQ_TS.unpack_from(data, 2)

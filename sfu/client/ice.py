@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import aioice.ice
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+)
 from aiortc.sdp import candidate_from_sdp
 
 from sfu.protocol import IceCandidate, IceServer
@@ -24,13 +30,14 @@ def _loopback_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return ["127.0.0.1"]
 
 
-def rtc_configuration(ice_servers: list[IceServer]) -> RTCConfiguration:
+def rtc_configuration(ice_servers: list[IceServer], relay_only: bool = False) -> RTCConfiguration:
     """The peer-connection configuration for the ICE servers ``joined`` handed out.
 
     An empty list means no STUN/TURN at all (aiortc would otherwise use a public
     STUN server). The server bundles every m-line; with aiortc's default
     ``balanced`` policy, an offer adding two m-lines of one kind at once leaves the
     second on a transport that bundling then discards, so ``max-bundle`` is used.
+    ``relay_only`` gathers TURN relay candidates only (``iceTransportPolicy=relay``).
     """
     return RTCConfiguration(
         iceServers=[
@@ -38,6 +45,7 @@ def rtc_configuration(ice_servers: list[IceServer]) -> RTCConfiguration:
             for s in ice_servers
         ],
         bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL,
     )
 
 

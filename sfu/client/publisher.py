@@ -58,6 +58,18 @@ class Publisher:
 
         await self._serial.run(negotiate)
 
+    def use_signaling(self, signaling: SignalingChannel) -> None:
+        """Send later negotiations over ``signaling`` (a resumed session's socket)."""
+        self._signaling = signaling
+
+    def published(self) -> list[tuple[MediaStreamTrack, Source]]:
+        """The local tracks published so far, with their sources, in order."""
+        return [
+            (self.tracks[track_id], self._sources[mid].source)
+            for mid, track_id in self.track_ids.items()
+            if mid in self._sources
+        ]
+
     def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Apply a candidate the server trickled for the publish transport."""
         self._serial.submit(lambda: self._add_candidate(candidate))

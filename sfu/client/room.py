@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlencode
@@ -23,6 +24,8 @@ from sfu.client.signaling import SignalingChannel, http_url, websocket_url
 from sfu.client.subscriber import Subscriber
 from sfu.client.tracks import RemoteTrack
 from sfu.protocol import (
+    CLOSE_REMOVED,
+    CLOSE_WORKER_LOST,
     ErrorMessage,
     JoinedMessage,
     JoinMessage,
@@ -48,6 +51,10 @@ T = TypeVar("T")
 
 MAX_BUFFERED_EVENTS = 1024
 """Events kept for :meth:`RoomClient.next_event`; older ones are dropped."""
+RESUME_SECONDS = 10.0
+"""How long a client whose socket dropped tries to resume its session (the server
+keeps it ``reconnect_grace_seconds``, 10 by default)."""
+RECONNECT_RETRY_SECONDS = 0.25
 
 
 class _Changed:
@@ -83,13 +90,21 @@ class RoomClient:
         self._remote_tracks: dict[str, RemoteTrack] = {}
         self._events: deque[ServerMessage] = deque(maxlen=MAX_BUFFERED_EVENTS)
         self._changed = _Changed()
+        self.relay_only = False
+        """ICE through the TURN server of ``joined.ice_servers`` only (see :func:`connect`)."""
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._early: list[ServerMessage] = []
         self._data = DataLink()
         """Messages that arrived between ``joined`` and the transports' creation."""
+        self._reconnect = True
+        self._reconnecting: asyncio.Future[None] | None = None
+        self._target: tuple[str, str, str | None, bool] = ("", "", None, True)
+        self.reconnects = 0
+        """Sessions resumed or rejoined after a dropped socket or a lost media worker."""
 
     async def _join(self, url: str, token: str, name: str | None, data: bool = True) -> None:
+        self._target = (url, token, name, data)
         self._signaling = await SignalingChannel.open(
             websocket_url(url), self._handle, self._signaling_closed
         )
@@ -106,7 +121,7 @@ class RoomClient:
             for p in joined.participants
             if p.participant_id != joined.participant_id
         }
-        configuration = rtc_configuration(joined.ice_servers)
+        configuration = rtc_configuration(joined.ice_servers, relay_only=self.relay_only)
         self._publisher = Publisher(configuration, self._signaling)
         self._subscriber = Subscriber(
             configuration, self._signaling, self._track_added, self._track_ended
@@ -342,12 +357,97 @@ class RoomClient:
         self._changed.notify()
 
     def _signaling_closed(self) -> None:
+        channel, joined = self._signaling, self._joined
+        if (
+            self._reconnect
+            and self._reconnecting is None
+            and self._closing is None
+            and channel is not None
+            and joined is not None
+        ):
+            code = channel.close_code
+            if code == CLOSE_WORKER_LOST:
+                self._reconnecting = asyncio.ensure_future(self._reconnect_with(self._rejoin))
+                return
+            if code not in (1000, CLOSE_REMOVED) and joined.resume_token is not None:
+                self._reconnecting = asyncio.ensure_future(self._reconnect_with(self._resume))
+                return
         if self._closing is None and self._joined is not None:
             self._closing = asyncio.ensure_future(self._close())
         self._changed.notify()
 
+    # --- reconnect --------------------------------------------------------------------
+
+    async def _reconnect_with(self, reconnect: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await reconnect()
+            self.reconnects += 1
+        except Exception as exc:
+            logger.warning("could not reconnect: %s", exc)
+            await self.close()
+        finally:
+            self._reconnecting = None
+            self._changed.notify()
+
+    async def _resume(self) -> None:
+        """Take the session over on a new socket (any signaling node); the peer
+        connections stay as they are. Falls back to a rejoin if the server refuses."""
+        url, token, name, _ = self._target
+        resume_token = self.joined.resume_token
+        deadline = time.monotonic() + RESUME_SECONDS
+        while True:
+            try:
+                channel = await SignalingChannel.open(
+                    websocket_url(url), self._handle, self._signaling_closed
+                )
+            except SfuError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(RECONNECT_RETRY_SECONDS)
+                continue
+            # Offers replayed right after ``joined`` must be answered on this socket.
+            _require(self._publisher).use_signaling(channel)
+            _require(self._subscriber).use_signaling(channel)
+            try:
+                joined = await channel.request(
+                    JoinMessage(token=token, name=name, resume=resume_token), JoinedMessage
+                )
+            except SfuError as exc:
+                await channel.close()
+                if exc.code == CONNECTION_CLOSED and time.monotonic() < deadline:
+                    await asyncio.sleep(RECONNECT_RETRY_SECONDS)
+                    continue
+                logger.info("resume refused (%s); joining again", exc)
+                await self._rejoin()
+                return
+            break
+        self._signaling = channel
+        self._joined = joined
+        self._participants = {p.participant_id: p for p in joined.participants}
+
+    async def _rejoin(self) -> None:
+        """Join again with fresh peer connections (the room moved to another worker)
+        and publish the same local tracks; remote tracks end and come back."""
+        url, token, name, data = self._target
+        publisher, subscriber = self._publisher, self._subscriber
+        tracks = publisher.published() if publisher is not None else []
+        self._publisher = self._subscriber = None
+        if subscriber is not None:
+            await subscriber.close()
+        if publisher is not None:
+            await publisher.close()
+        if self._data.enabled:
+            self._data = DataLink()
+        # The node evicted the dead worker before telling us, so the room is placed
+        # on a live one; if this join fails anyway, the client closes.
+        await self._join(url, token, name, data)
+        if tracks:
+            await self.publish_tracks(tracks)
+
     def _raise_if_closed(self) -> None:
-        if self._closed or (self._signaling is not None and self._signaling.closed):
+        if self._closed or (
+            self._reconnecting is None and self._signaling is not None and self._signaling.closed
+        ):
             raise SfuError(CONNECTION_CLOSED, "the client is closed")
 
 
@@ -363,19 +463,27 @@ async def connect(
     *,
     name: str | None = None,
     loopback_only: bool = False,
+    relay_only: bool = False,
     data: bool = True,
+    reconnect: bool = True,
 ) -> RoomClient:
     """Join the room named in ``token`` and return the connected client.
 
     ``url`` is the server's http(s) base URL or its ws(s) URL. ``loopback_only``
     calls :func:`use_loopback_ice` first (process-wide; for tests on one host).
+    ``relay_only`` sets ``iceTransportPolicy=relay``: media goes through the TURN
+    server the ``joined`` reply names, never directly (to test a TURN deployment).
     ``data`` opens the data channels (:attr:`RoomClient.data`) when the token may
-    publish; they ride on the publish transport.
+    publish; they ride on the publish transport. With ``reconnect`` (cluster mode) a
+    dropped socket resumes the session through any signaling node, and a lost media
+    worker makes the client join again and republish (see :attr:`RoomClient.reconnects`).
     Raises :class:`SfuError` (``bad_token``, ``token_expired``, …) if the join fails.
     """
     if loopback_only:
         use_loopback_ice()
     client = RoomClient()
+    client.relay_only = relay_only
+    client._reconnect = reconnect
     await client._join(url, token, name, data)
     return client
 

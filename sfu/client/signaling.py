@@ -110,6 +110,11 @@ class SignalingChannel:
     def closed(self) -> bool:
         return self._reader.done()
 
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code once closed (1006 when the connection just died)."""
+        return self._ws.close_code
+
     async def send(self, message: BaseModel) -> None:
         """Send one client message."""
         try:

@@ -56,6 +56,10 @@ class Subscriber:
         """Queue a server offer; it is answered after every earlier one."""
         self._serial.submit(lambda: self._apply_offer(offer))
 
+    def use_signaling(self, signaling: SignalingChannel) -> None:
+        """Send later answers over ``signaling`` (a resumed session's socket)."""
+        self._signaling = signaling
+
     def add_candidate(self, candidate: IceCandidate | None) -> None:
         """Queue a candidate the server trickled for the subscribe transport."""
         self._serial.submit(lambda: add_remote_candidate(self._pc, candidate))

@@ -11,7 +11,13 @@ The README's Operations section lists every metric; ``grafana/`` holds dashboard
 whose queries ``tests/test_dashboards.py`` evaluates against a real Prometheus.
 """
 
+from prometheus_client import disable_created_metrics
+
 from sfu.metrics.http import metrics_app, metrics_server, render
 from sfu.metrics.worker import WorkerMetrics
+
+# ``_created`` series (one per counter and histogram) double what Prometheus stores and
+# no dashboard reads them.
+disable_created_metrics()
 
 __all__ = ["WorkerMetrics", "metrics_app", "metrics_server", "render"]

@@ -8,6 +8,8 @@ import { CHAT_TOPIC, ChatPanel } from "./chat.js";
 import { Session, fetchDevToken } from "./signaling.js";
 import { Ui } from "./ui.js";
 
+// ?relay=1: ICE through the TURN server only (iceTransportPolicy "relay"), to test TURN.
+const relayOnly = flag(new URLSearchParams(window.location.search).get("relay"));
 const ui = new Ui();
 let session = null;
 /** Data messages and errors this page received (for tests and debugging). */
@@ -81,7 +83,7 @@ async function join({ room, name, simulcast = false, identity = null }) {
   ui.setJoining(true);
   ui.setStatus(`joining ${room}…`);
   const current = new Session(
-    { name, simulcast },
+    { iceTransportPolicy: relayOnly ? "relay" : "all", name, simulcast },
     {
       status: (text, level) => ui.setStatus(text, level),
       joined: () => ui.showRoom(room, name),

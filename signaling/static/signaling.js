@@ -43,8 +43,10 @@ export function signalingUrl(loc = window.location) {
  *   dataReady() dataMessage(message) dataError(error)   see data.js
  */
 export class Session {
-  constructor({ name, simulcast = false }, hooks = {}) {
+  constructor({ iceTransportPolicy = "all", name, simulcast = false }, hooks = {}) {
     this.name = name;
+    /** "relay": ICE through the TURN server only (the demo page's ?relay=1) */
+    this.iceTransportPolicy = iceTransportPolicy;
     this.simulcast = simulcast;
     this.hooks = hooks;
     this.ws = null;
@@ -323,7 +325,11 @@ export class Session {
     this.localStream = stream;
     this._hook("localStream", stream);
 
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+      bundlePolicy: "max-bundle",
+    });
     this.publishPc = pc;
     // Data channels ride on the publish transport; created before the offer.
     this.data = new DataChannels(pc, {
@@ -417,7 +423,11 @@ export class Session {
   // --- subscribing ----------------------------------------------------------------
 
   _createSubscribePc() {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+      bundlePolicy: "max-bundle",
+    });
     pc.addEventListener("icecandidate", (event) => {
       this.send({
         type: "candidate",

@@ -1,0 +1,227 @@
+"""StreamAllocator: which simulcast layer each video track of a subscriber gets.
+
+One allocator per subscribe transport shares the subscriber's estimated downlink
+bandwidth between the video tracks it receives (LiveKit ``streamallocator``, mediasoup
+``Transport::DistributeAvailableOutgoingBitrate``):
+
+1. the subscriber's preferences cap each track (maximum spatial layer, and the
+   smallest layer whose size covers the size it renders); paused tracks get nothing;
+2. every track gets its lowest flowing layer, in priority order (screen share, then
+   active speakers, then the others), as long as the budget allows: what does not fit
+   is paused, lowest priority first;
+3. the remaining budget raises tracks one layer at a time, higher priorities first and
+   equal priorities in turns, so equals share fairly.
+
+Going down is immediate: a layer that no longer fits the estimate is left at once.
+Going up (above the layer the track already has) is hysteretic, so that a noisy
+estimate does not make the picture flap: the estimate must exceed the new total by
+:data:`UP_MARGIN`, that must have held for :data:`UP_HOLD_TIME`, and the track must not
+have gone down within :data:`DOWN_HOLDOFF`. While an upgrade waits, its bitrate stays
+reserved so a lower-priority track cannot take it.
+
+Layers with a measured bitrate of 0 are not flowing (dynacast paused them, or the
+publisher's encoder dropped them) and are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import groupby
+
+PRIORITY_DEFAULT = 0
+PRIORITY_ACTIVE_SPEAKER = 1
+PRIORITY_SCREEN_SHARE = 2
+
+UP_MARGIN = 0.15
+"""An upgrade needs the estimate to exceed the new total by this fraction."""
+UP_HOLD_TIME = 2.0
+"""Seconds an upgrade must stay possible before it is made."""
+DOWN_HOLDOFF = 3.0
+"""Seconds after a track went down for lack of bandwidth before it may go up again."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """One simulcast layer of a track: its index, measured bitrate (bits/s, 0 when not
+    flowing) and frame size (0 when unknown)."""
+
+    spatial: int
+    bitrate: int
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackAllocationInput:
+    """A video track the subscriber receives, with its preferences.
+
+    ``current_layer`` is the layer being forwarded now; the allocator uses it as the
+    starting point for tracks it has not allocated before.
+    """
+
+    track_id: str
+    layers: list[LayerInfo]
+    priority: int = PRIORITY_DEFAULT
+    paused: bool = False
+    max_spatial_layer: int | None = None
+    max_width: int | None = None
+    max_height: int | None = None
+    current_layer: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The result of one allocation round."""
+
+    targets: Mapping[str, int | None] = field(default_factory=dict)
+    """Target spatial layer per track; None: forward nothing (paused, nothing fits or
+    nothing flows)."""
+    total: int = 0
+    """Bits/s of the targets plus the reserved audio bitrate."""
+    deficient: frozenset[str] = frozenset()
+    """Tracks below the best layer their preferences allow, for lack of bandwidth."""
+
+
+def preferred_max_layer(track: TrackAllocationInput) -> int | None:
+    """The highest layer the subscriber's preferences allow, flowing or not; None when
+    paused or the track has no layers. Dynacast keeps the layers up to it active."""
+    if track.paused or not track.layers:
+        return None
+    layers = sorted(track.layers, key=lambda layer: layer.spatial)
+    cap = layers[-1].spatial
+    if track.max_spatial_layer is not None:
+        cap = min(cap, track.max_spatial_layer)
+    if track.max_width is not None or track.max_height is not None:
+        min_width = track.max_width or 0
+        min_height = track.max_height or 0
+        for layer in layers:
+            if layer.width >= min_width and layer.height >= min_height:
+                cap = min(cap, layer.spatial)
+                break
+    return cap
+
+
+def _candidates(track: TrackAllocationInput) -> list[LayerInfo]:
+    """Flowing layers the preferences allow, lowest first."""
+    cap = preferred_max_layer(track)
+    if cap is None:
+        return []
+    return sorted(
+        (layer for layer in track.layers if layer.bitrate > 0 and layer.spatial <= cap),
+        key=lambda layer: layer.spatial,
+    )
+
+
+class StreamAllocator:
+    """Allocates the video layers of one subscribe transport; call :meth:`allocate`
+    whenever the estimate, a track's layers or a preference changes, and periodically
+    (pending upgrades are time-based)."""
+
+    __slots__ = ("_down_at", "_targets", "_upgrade_since")
+
+    def __init__(self) -> None:
+        self._targets: dict[str, int | None] = {}
+        """Last target per track, the reference for hysteresis."""
+        self._down_at: dict[str, float] = {}
+        """When each track last went down for lack of bandwidth."""
+        self._upgrade_since: dict[str, float] = {}
+        """Since when an upgrade of each track has been possible."""
+
+    def allocate(
+        self,
+        tracks: Iterable[TrackAllocationInput],
+        estimate: int,
+        now: float,
+        audio_bitrate: int = 0,
+    ) -> Allocation:
+        """Share ``estimate`` (bits/s, minus ``audio_bitrate`` kept for audio)."""
+        ordered = sorted(tracks, key=lambda track: -track.priority)
+        candidates = {track.track_id: _candidates(track) for track in ordered}
+        references = {
+            track.track_id: self._targets.get(track.track_id, track.current_layer)
+            for track in ordered
+        }
+        chosen: dict[str, int | None] = {}
+        used = audio_bitrate
+        for track in ordered:
+            track_id = track.track_id
+            layers = candidates[track_id]
+            chosen[track_id] = None
+            if not layers:
+                continue
+            needed = used + layers[0].bitrate
+            down_at = self._down_at.get(track_id)
+            # Paused for lack of bandwidth: resuming is an upgrade like any other.
+            if (
+                references[track_id] is None
+                and down_at is not None
+                and (now - down_at < DOWN_HOLDOFF or needed * (1 + UP_MARGIN) > estimate)
+            ):
+                continue
+            if needed <= estimate:
+                chosen[track_id] = 0
+                used = needed
+
+        waiting: set[str] = set()
+        held: set[str] = set()
+        for _, group_iter in groupby(ordered, key=lambda track: track.priority):
+            group = [track.track_id for track in group_iter]
+            raised = True
+            while raised:
+                raised = False
+                for track_id in group:
+                    index = chosen[track_id]
+                    layers = candidates[track_id]
+                    if track_id in held or index is None or index + 1 >= len(layers):
+                        continue
+                    step = layers[index + 1]
+                    new_used = used + step.bitrate - layers[index].bitrate
+                    reference = references[track_id]
+                    if reference is not None and step.spatial <= reference:
+                        if new_used > estimate:
+                            continue
+                    else:
+                        if new_used * (1 + UP_MARGIN) > estimate:
+                            continue
+                        if reference is not None:
+                            waiting.add(track_id)
+                            since = self._upgrade_since.setdefault(track_id, now)
+                            down_at = self._down_at.get(track_id)
+                            if now - since < UP_HOLD_TIME or (
+                                down_at is not None and now - down_at < DOWN_HOLDOFF
+                            ):
+                                # Reserve the step while the upgrade waits.
+                                held.add(track_id)
+                                used = new_used
+                                continue
+                    chosen[track_id] = index + 1
+                    used = new_used
+                    raised = True
+
+        targets: dict[str, int | None] = {}
+        deficient: set[str] = set()
+        total = audio_bitrate
+        for track in ordered:
+            track_id = track.track_id
+            layers = candidates[track_id]
+            index = chosen[track_id]
+            target = None if index is None else layers[index].spatial
+            targets[track_id] = target
+            if index is not None:
+                total += layers[index].bitrate
+            if layers and (index is None or index + 1 < len(layers)):
+                deficient.add(track_id)
+                reference = references[track_id]
+                if reference is not None and (target is None or target < reference):
+                    self._down_at[track_id] = now
+        self._upgrade_since = {
+            track_id: since
+            for track_id, since in self._upgrade_since.items()
+            if track_id in waiting
+        }
+        self._targets = targets
+        self._down_at = {
+            track_id: down_at for track_id, down_at in self._down_at.items() if track_id in targets
+        }
+        return Allocation(targets, total, frozenset(deficient))
