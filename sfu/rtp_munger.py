@@ -7,10 +7,10 @@ number and timestamp), so every time the forwarder moves to another layer the mu
 computes new offsets that continue the outgoing stream where it stopped (mediasoup
 ``SeqManager`` + ``SimulcastConsumer``'s ``tsOffset``, LiveKit ``RTPMunger``).
 
-Everything is extended to unbounded integers internally (16-bit sequence numbers and
-32-bit timestamps through :class:`~sfu.rtp.seqnum.WrapAroundExtender`), so wraparound of
-the source or of the outgoing stream is plain arithmetic and only the final values are
-masked.
+Sequence numbers are extended to unbounded integers internally (through
+:class:`~sfu.rtp.seqnum.WrapAroundExtender`), so wraparound of the source or of the
+outgoing stream is plain arithmetic and only the final values are masked; timestamps
+only ever get an offset added modulo 2**32.
 
 Packets intentionally not forwarded (padding-only packets, temporal layers above the
 target) are reported with :meth:`RtpMunger.drop`; later packets are shifted down so the
@@ -29,6 +29,9 @@ REORDER_WINDOW = 3000
 About a second of 3 Mbit/s video: a retransmission from the publisher later than that is
 useless to the subscriber, and it bounds the list of dropped sequence numbers.
 """
+
+TRIM_STEP = 64
+"""The reorder window is trimmed in steps of this many packets, not per packet."""
 
 _SEQ_MASK = (1 << SEQUENCE_NUMBER_BITS) - 1
 _TS_MASK = (1 << TIMESTAMP_BITS) - 1
@@ -59,7 +62,6 @@ class RtpMunger:
         "_seq_ext",
         "_seq_offset",
         "_ssrc",
-        "_ts_ext",
         "_ts_offset",
     )
 
@@ -68,7 +70,6 @@ class RtpMunger:
         self._last_out_ts = initial_timestamp & _TS_MASK
         self._forwarded = False
         self._seq_ext: WrapAroundExtender | None = None
-        self._ts_ext = WrapAroundExtender(TIMESTAMP_BITS)
         self._ssrc: int | None = None
         self._seq_offset = 0
         self._ts_offset = 0
@@ -117,19 +118,18 @@ class RtpMunger:
         avoids a clock read per packet.
         """
         self._seq_ext = WrapAroundExtender(SEQUENCE_NUMBER_BITS)
-        self._ts_ext = WrapAroundExtender(TIMESTAMP_BITS)
         seq = self._seq_ext.update(first_seq)
-        ts = self._ts_ext.update(first_ts)
         if self._forwarded:
             last_sent_at = self._anchor_time + (
-                (self._last_out_ts - self._anchor_ts) / self._clock_rate
+                ((self._last_out_ts - self._anchor_ts) & _TS_MASK) / self._clock_rate
             )
             elapsed_ticks = max(1, round((now - last_sent_at) * clock_rate))
-            next_ts = self._last_out_ts + elapsed_ticks
+            next_ts = (self._last_out_ts + elapsed_ticks) & _TS_MASK
         else:
             next_ts = self._last_out_ts
         self._seq_offset = self._last_out_seq + 1 - seq
-        self._ts_offset = next_ts - ts
+        # Timestamps need no extension: the offset is applied modulo 2**32.
+        self._ts_offset = (next_ts - first_ts) & _TS_MASK
         self._highest_in = seq - 1
         self._floor = seq
         self._dropped = []
@@ -150,22 +150,24 @@ class RtpMunger:
         if extender is None or (ssrc is not None and self._ssrc not in (None, ssrc)):
             return None
         ext_seq = extender.update(seq)
-        ext_ts = self._ts_ext.update(ts)
-        if ext_seq < self._floor:
+        if ext_seq < self._floor or self._highest_in - ext_seq > REORDER_WINDOW:
             return None
         dropped = self._dropped
-        index = bisect_left(dropped, ext_seq)
-        if index < len(dropped) and dropped[index] == ext_seq:
-            return None
+        index = 0
+        if dropped:
+            index = bisect_left(dropped, ext_seq)
+            if index < len(dropped) and dropped[index] == ext_seq:
+                return None
         out_seq = ext_seq + self._seq_offset - index
-        out_ts = ext_ts + self._ts_offset
+        out_ts = (ts + self._ts_offset) & _TS_MASK
         if ext_seq > self._highest_in:
             self._highest_in = ext_seq
             self._last_out_seq = out_seq
             self._last_out_ts = out_ts
             self._forwarded = True
-            self._trim(ext_seq)
-        return out_seq & _SEQ_MASK, out_ts & _TS_MASK
+            if ext_seq - self._floor > REORDER_WINDOW + TRIM_STEP:
+                self._trim(ext_seq)
+        return out_seq & _SEQ_MASK, out_ts
 
     def drop(self, seq: int, ssrc: int | None = None) -> None:
         """A source packet is intentionally not forwarded: shift later packets down.

@@ -26,7 +26,11 @@ PICTURE_REORDER_WINDOW = 60
 one by one; older drops are folded into the offset. Below 64 so that 7-bit ids, which
 wrap every 128 pictures, are still unambiguous."""
 
+TRIM_STEP = 8
+"""The reorder window is trimmed in steps of this many pictures, not per packet."""
+
 _PICTURE_ID_MASK = (1 << VP8_PICTURE_ID_BITS) - 1
+_PICTURE_ID_HALF = 1 << (VP8_PICTURE_ID_BITS - 1)
 _TL0PICIDX_BITS = 8
 _TL0PICIDX_MASK = (1 << _TL0PICIDX_BITS) - 1
 
@@ -112,6 +116,8 @@ class Vp8Munger:
         """
         if not self._started:
             return payload
+        if len(payload) > 4 and payload[0] & 0x80 and payload[1] & 0x80 and payload[2] & 0x80:
+            return self._rewrite_15_bit(payload)
         try:
             descriptor = Vp8Descriptor.parse(payload)
         except ValueError:
@@ -148,6 +154,40 @@ class Vp8Munger:
             size=0,
         )
         return bytes(widened) + payload[descriptor.size :]
+
+    def _rewrite_15_bit(self, payload: bytes) -> bytes:
+        """:meth:`rewrite` for the layout browsers send (extended control bits and a
+        15-bit picture id at bytes 2-3, TL0PICIDX at byte 4 when the L bit is set),
+        with byte operations instead of a parsed descriptor: it runs per packet and
+        subscriber, and leaves the payload untouched when the numbering already matches.
+        """
+        picture_id = ((payload[2] & 0x7F) << 8) | payload[3]
+        has_tl0 = payload[1] & 0x40
+        highest = self._highest_picture
+        delta = (picture_id - highest) & _PICTURE_ID_MASK  # _extend_picture, inlined
+        if delta >= _PICTURE_ID_HALF:
+            delta -= _PICTURE_ID_MASK + 1
+        picture = highest + delta
+        dropped = self._dropped
+        index = bisect_left(dropped, picture) if dropped else 0
+        out_picture = picture + self._picture_offset - index
+        out_tl0 = None
+        if has_tl0:
+            out_tl0 = self._tl0_ext.update(payload[4]) + self._tl0_offset
+        if picture >= highest:
+            self._highest_picture = picture
+            self._last_out_picture = out_picture
+            if out_tl0 is not None:
+                self._last_out_tl0 = out_tl0
+            if picture - self._floor > PICTURE_REORDER_WINDOW + TRIM_STEP:
+                self._trim(picture)
+        out_id = out_picture & _PICTURE_ID_MASK
+        if out_id == picture_id and (out_tl0 is None or out_tl0 & _TL0PICIDX_MASK == payload[4]):
+            return payload
+        head = bytes((payload[0], payload[1], 0x80 | (out_id >> 8), out_id & 0xFF))
+        if out_tl0 is None:
+            return head + payload[4:]
+        return head + bytes((out_tl0 & _TL0PICIDX_MASK,)) + payload[5:]
 
     def drop(self, payload: bytes) -> None:
         """A packet of this layer is not forwarded (temporal layer filtering).
