@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     udp_port_max: int | None = Field(
         default=None, description="highest UDP port of media transports; unset: any port"
     )
+    metrics_port: int = Field(
+        default=9091,
+        description="port of /metrics for a process without an HTTP app (`sfu worker`, "
+        "see sfu.metrics.http.metrics_server)",
+    )
     api_key: str = DEV_API_KEY
     api_secret: str = DEV_API_SECRET
     dev_tokens: bool = Field(
