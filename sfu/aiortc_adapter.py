@@ -21,12 +21,16 @@ pyproject.toml for the same reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aioice
 import aioice.ice
+import aioice.turn
 import pylibsrtp
 from aiortc.rtcdtlstransport import (
     RTCCertificate,
@@ -43,6 +47,7 @@ PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
     (RTCDtlsTransport, "_handle_rtcp_data"),
     (RTCDtlsTransport, "_set_role"),
     (aioice.Connection, "data_received"),
+    (aioice.Connection, "get_component_candidates"),
 )
 """Private methods this module overrides or calls. The private instance attributes it
 reads (``RTCIceGatherer._connection``, ``Connection._nominated`` and ``_queue``,
@@ -63,6 +68,67 @@ def use_host_addresses(addresses: Sequence[str]) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+_port_range: tuple[int, int] | None = None
+
+
+def use_port_range(port_range: tuple[int, int] | None) -> None:
+    """Bind every transport's UDP socket to a port in ``[low, high]``, process-wide.
+
+    Operators open (or map, in Kubernetes and Docker) a fixed UDP range; aioice binds
+    port 0 and has no option for a range. ``None`` goes back to any free port.
+    """
+    global _port_range
+    if port_range is not None and not 0 < port_range[0] <= port_range[1] < 65536:
+        raise ValueError(f"bad UDP port range {port_range}")
+    _port_range = port_range
+
+
+async def _host_candidates_in_range(
+    connection: aioice.Connection,
+    ports: tuple[int, int],
+    component: int,
+    addresses: list[str],
+    timeout: int = 5,
+) -> list[aioice.Candidate]:
+    """aioice's ``get_component_candidates`` for a server without STUN/TURN servers,
+    binding within ``ports`` (from a random start, so that transports rarely race for
+    one port). An address with no free port left gets no candidate."""
+    loop = asyncio.get_running_loop()
+    low, high = ports
+    size = high - low + 1
+    candidates = []
+    for address in addresses:
+        start = random.randrange(size)
+        for offset in range(size):
+            try:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: aioice.ice.StunProtocol(connection),
+                    local_addr=(address, low + (start + offset) % size),
+                )
+            except OSError:
+                continue
+            break
+        else:
+            logger.warning("no free UDP port in %d-%d on %s", low, high, address)
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+        host, port = transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = aioice.Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=aioice.ice.candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        connection._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    return candidates
 
 
 def default_host_addresses() -> list[str]:
@@ -115,6 +181,10 @@ class DtlsSrtpSession:
         self._gatherer = RTCIceGatherer(iceServers=[])
         self._connection: aioice.Connection = self._gatherer._connection
         self._connection.ice_controlling = ice_controlling
+        if _port_range is not None:
+            self._connection.get_component_candidates = functools.partial(  # type: ignore[method-assign]
+                _host_candidates_in_range, self._connection, _port_range
+            )
         self._ice = RTCIceTransport(self._gatherer)
         self._dtls = _SfuDtlsTransport(self._ice, [certificate])
         self._dtls.on_rtp = on_rtp

@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     announced_ip: str | None = Field(
         default=None, description="public address written into candidates (behind NAT)"
     )
+    udp_port_min: int | None = Field(
+        default=None, description="lowest UDP port of media transports (with udp_port_max)"
+    )
+    udp_port_max: int | None = Field(
+        default=None, description="highest UDP port of media transports; unset: any port"
+    )
+    metrics_port: int = Field(
+        default=9091,
+        description="port of /metrics for a process without an HTTP app (`sfu worker`, "
+        "see sfu.metrics.http.metrics_server)",
+    )
     api_key: str = DEV_API_KEY
     api_secret: str = DEV_API_SECRET
     dev_tokens: bool = Field(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiortc.rtcdtlstransport import RTCCertificate
 
-from sfu.aiortc_adapter import default_host_addresses, use_host_addresses
+from sfu.aiortc_adapter import default_host_addresses, use_host_addresses, use_port_range
 from sfu.config import Settings
 from sfu.participant import Participant
 from sfu.protocol import (
@@ -57,6 +57,8 @@ class Worker:
     async def start(self) -> None:
         addresses = self.settings.ice_addresses or default_host_addresses()
         use_host_addresses(addresses)
+        low, high = self.settings.udp_port_min, self.settings.udp_port_max
+        use_port_range((low, high) if low is not None and high is not None else None)
         logger.info("media worker gathers ICE candidates on %s", ", ".join(addresses))
         self._context = WorkerContext(self.settings, RTCCertificate.generateCertificate())
         self._tick_task = asyncio.create_task(self._tick_loop())

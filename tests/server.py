@@ -53,11 +53,21 @@ def _healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def run_sfu_server(
-    extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    ice_addresses: list[str] | None = None,
 ) -> Iterator[ServerUrl]:
-    """Start ``sfu serve`` on a free loopback port, wait for /healthz, stop it on exit."""
-    host = "127.0.0.1"
-    port = free_port(host)
+    """Start ``sfu serve`` on a free port, wait for /healthz, stop it on exit.
+
+    ``host`` is the HTTP bind address (``0.0.0.0`` for every interface; the URL
+    yielded then names 127.0.0.1); ``ice_addresses`` the media addresses (default: the
+    loopback address).
+    """
+    local = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
+    port = free_port(local)
+    ice_args = [arg for ip in ice_addresses or [local] for arg in ("--ice-address", ip)]
     cmd = [
         sys.executable,
         "-m",
@@ -67,8 +77,7 @@ def run_sfu_server(
         host,
         "--port",
         str(port),
-        "--ice-address",
-        host,
+        *ice_args,
         *(extra_args or []),
     ]
     with tempfile.TemporaryDirectory(prefix="sfu-server-") as tmp:
@@ -81,7 +90,7 @@ def run_sfu_server(
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
-        url = ServerUrl(f"http://{host}:{port}")
+        url = ServerUrl(f"http://{local}:{port}")
         url.process = process
         url.log_path = log_path
         try:

@@ -91,7 +91,7 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
     worker = SimpleNamespace(
         participants={"PA_a": publisher, "PA_b": subscriber},
         rooms={"r": SimpleNamespace(name="r", participants={})},
-        settings=SimpleNamespace(worker_capacity=10),
+        settings=SimpleNamespace(capacity=10),
     )
     metrics = WorkerMetrics(worker)  # type: ignore[arg-type]
 

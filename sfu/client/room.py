@@ -42,6 +42,7 @@ from sfu.protocol import (
     SubscribeOfferMessage,
     TrackMutedMessage,
     TrackPublishedMessage,
+    TrackSettingsMessage,
     TrackUnpublishedMessage,
 )
 
@@ -203,6 +204,28 @@ class RoomClient:
         Media keeps flowing; the server tells subscribers with ``track_muted``.
         """
         await _require(self._signaling).command(MuteMessage(track_id=track_id, muted=muted))
+
+    async def set_track_settings(
+        self,
+        track_id: str,
+        *,
+        paused: bool = False,
+        max_spatial_layer: int | None = None,
+        max_width: int | None = None,
+        max_height: int | None = None,
+    ) -> None:
+        """Preferences for one remote track: ``paused`` stops its forwarding (how to
+        subscribe to selected tracks only); the others cap the simulcast layer the
+        server picks, by index (0 = lowest) or by the size you render."""
+        await _require(self._signaling).command(
+            TrackSettingsMessage(
+                track_id=track_id,
+                paused=paused,
+                max_spatial_layer=max_spatial_layer,
+                max_width=max_width,
+                max_height=max_height,
+            )
+        )
 
     async def ping(self) -> None:
         """Round-trip to the server."""

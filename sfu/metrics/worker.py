@@ -51,7 +51,7 @@ JOIN_WINDOW = 5.0
 """A consumer created this long after its subscriber joined still counts for the join
 latency (tracks published right after the join); later ones are not join latency."""
 DEFAULT_CAPACITY = 500
-"""Participants per worker when the settings name no ``worker_capacity``."""
+"""Participants per worker when the settings have no ``capacity``."""
 KINDS = ("audio", "video")
 
 CounterKey = tuple[str, str]
@@ -317,7 +317,7 @@ class WorkerMetrics:
                 result[("sfu_consumers", consumer.kind)] += 1
                 if consumer.kind == "video":
                     result[("sfu_video_consumers", _layer(consumer))] += 1
-        capacity = getattr(self.worker.settings, "worker_capacity", DEFAULT_CAPACITY)
+        capacity = getattr(self.worker.settings, "capacity", DEFAULT_CAPACITY)
         result[("sfu_worker_capacity_participants", "")] = capacity
         result[("sfu_worker_load_ratio", "")] = len(participants) / capacity if capacity else 0
         return dict(result)

@@ -1,16 +1,19 @@
 // Entry point of the demo page: join form and URL parameters, wiring a Session
 // (signaling.js) to the DOM (ui.js), and `window.sfu` for tests and debugging.
 //
-// URL parameters: ?room=R&name=N joins directly; &simulcast=1 publishes simulcast;
+// URL parameters: ?room=R&name=N joins directly; the camera is published with
+// simulcast unless &simulcast=0; &publish=0 joins without publishing (watch only);
 // &identity=I picks the identity put in the dev token (random by default).
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";
+import { VideoQuality } from "./quality.js";
 import { Session, fetchDevToken } from "./signaling.js";
 import { Ui } from "./ui.js";
 
 // ?relay=1: ICE through the TURN server only (iceTransportPolicy "relay"), to test TURN.
 const relayOnly = flag(new URLSearchParams(window.location.search).get("relay"));
 const ui = new Ui();
+const quality = new VideoQuality(ui.tiles);
 let session = null;
 /** Data messages and errors this page received (for tests and debugging). */
 const dataMessages = [];
@@ -74,23 +77,44 @@ window.sfu = {
   async stats() {
     return session ? session.stats() : structuredClone(EMPTY_STATS);
   },
+  /** participant_id → {choice, visible, width, height, frameWidth, frameHeight, bitrate, …} */
+  tiles() {
+    return quality.snapshot();
+  },
+  /** Cap the video received from a participant: "auto" | "low" | "medium" | "high". */
+  setMaxQuality(participantId, choice) {
+    return quality.setMaxQuality(participantId, choice);
+  },
+  get trackSettings() {
+    return session ? session.trackSettings : {};
+  },
+  get activeSpeakers() {
+    return session ? session.activeSpeakers : [];
+  },
   join,
   leave,
 };
 
-async function join({ room, name, simulcast = false, identity = null }) {
+async function join({ room, name, simulcast = true, publish = true, identity = null }) {
   if (session) leave();
   ui.setJoining(true);
   ui.setStatus(`joining ${room}…`);
   const current = new Session(
-    { iceTransportPolicy: relayOnly ? "relay" : "all", name, simulcast },
+    { iceTransportPolicy: relayOnly ? "relay" : "all", name, simulcast, publish },
     {
       status: (text, level) => ui.setStatus(text, level),
       joined: () => ui.showRoom(room, name),
       localStream: (stream) => ui.setLocalStream(stream),
-      participantAdded: (p) => ui.upsertParticipant(p),
+      participantAdded: (p) => {
+        ui.upsertParticipant(p);
+        quality.attach(p.participant_id);
+      },
       participantUpdated: (p) => ui.upsertParticipant(p),
-      participantRemoved: (id) => ui.removeParticipant(id),
+      participantRemoved: (id) => {
+        quality.detach(id);
+        ui.removeParticipant(id);
+      },
+      activeSpeakers: (ids) => ui.setActiveSpeakers(ids, current.participantId),
       participantMedia: (p) => ui.updateMedia(p),
       localMute: (kind, muted) => ui.setControl(kind, muted),
       dataMessage: (message) => {
@@ -106,12 +130,14 @@ async function join({ room, name, simulcast = false, identity = null }) {
       closed: (reason) => {
         if (session !== current) return;
         session = null;
+        quality.stop();
         ui.showJoin({ room, name, simulcast });
         if (reason === "left") ui.setStatus(`left ${room}`);
       },
     },
   );
   session = current;
+  quality.start(current);
   chat.clear();
   try {
     const token = await fetchDevToken(room, identity || identityFor(name), name);
@@ -120,6 +146,7 @@ async function join({ room, name, simulcast = false, identity = null }) {
   } catch (err) {
     if (session !== current) return;
     session = null;
+    quality.stop();
     ui.showJoin({ room, name, simulcast });
     ui.setStatus(`could not join: ${err.message}`, "error");
   }
@@ -151,10 +178,10 @@ ui.form.addEventListener("submit", (event) => {
   const url = new URL(window.location.href);
   url.searchParams.set("room", room);
   url.searchParams.set("name", name);
-  if (simulcast) url.searchParams.set("simulcast", "1");
-  else url.searchParams.delete("simulcast");
+  if (simulcast) url.searchParams.delete("simulcast");
+  else url.searchParams.set("simulcast", "0");
   window.history.replaceState(null, "", url);
-  join({ room, name, simulcast });
+  join({ room, name, simulcast, publish: initial.publish });
 });
 ui.muteMicButton.addEventListener("click", () => toggleMute("audio"));
 ui.muteCameraButton.addEventListener("click", () => toggleMute("video"));
@@ -167,7 +194,8 @@ const params = new URLSearchParams(window.location.search);
 const initial = {
   room: params.get("room") || "",
   name: params.get("name") || "",
-  simulcast: flag(params.get("simulcast")),
+  simulcast: params.get("simulcast") === null || flag(params.get("simulcast")),
+  publish: params.get("publish") === null || flag(params.get("publish")),
   identity: params.get("identity"),
 };
 ui.showJoin(initial);

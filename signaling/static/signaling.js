@@ -39,12 +39,18 @@ export function signalingUrl(loc = window.location) {
  *   participantRemoved(participantId)
  *   participantMedia(participant)  the participant's MediaStream changed
  *   localMute(kind, muted)
+ *   activeSpeakers(participantIds) the room's speakers now, loudest first
  *   closed(reason)                 the session ended (leave, socket closed, fatal error)
  *   dataReady() dataMessage(message) dataError(error)   see data.js
  */
 export class Session {
-  constructor({ iceTransportPolicy = "all", name, simulcast = false }, hooks = {}) {
+  constructor(
+    { iceTransportPolicy = "all", name, simulcast = true, publish = true },
+    hooks = {},
+  ) {
     this.name = name;
+    /** false: join without publishing camera and microphone (watch only) */
+    this.publish = publish;
     /** "relay": ICE through the TURN server only (the demo page's ?relay=1) */
     this.iceTransportPolicy = iceTransportPolicy;
     this.simulcast = simulcast;
@@ -66,6 +72,12 @@ export class Session {
     /** subscribe mid → {track_id, participant_id, kind} (from the latest offer) */
     this.subscribeTracks = {};
     this.subscribeRevision = null;
+    /** own track id → {rid: active} from the latest publisher_layers (dynacast) */
+    this.publisherLayers = {};
+    /** track id → the last track_settings sent for it */
+    this.trackSettings = {};
+    /** participant ids speaking now, loudest first (from active_speakers) */
+    this.activeSpeakers = [];
     this.lastError = null;
     this.closed = false;
     this._offerChain = Promise.resolve();
@@ -75,6 +87,7 @@ export class Session {
     this._departed = new Set();
     this._pingTimer = null;
     this._fatalError = null;
+    this._layersChain = Promise.resolve();
   }
 
   _hook(name, ...args) {
@@ -199,6 +212,13 @@ export class Session {
       case "track_muted":
         this._onTrackMuted(msg.participant_id, msg.track_id, msg.muted);
         break;
+      case "publisher_layers":
+        this._onPublisherLayers(msg.track_id, msg.active || {});
+        break;
+      case "active_speakers":
+        this.activeSpeakers = [...(msg.participant_ids || [])];
+        this._hook("activeSpeakers", this.activeSpeakers);
+        break;
       case "pong":
         this.lastPong = Date.now();
         break;
@@ -227,7 +247,7 @@ export class Session {
     this._pingTimer = setInterval(() => this.send({ type: "ping" }), PING_INTERVAL_MS);
     this._status(`joined room ${msg.room}`);
     this._hook("joined", this);
-    if (msg.can_publish) {
+    if (msg.can_publish && this.publish) {
       this._startPublishing().catch((err) =>
         this._status(`publishing failed: ${err.message}`, "error"),
       );
@@ -380,6 +400,10 @@ export class Session {
     await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
     this.publishedTracks = { ...(msg.tracks || {}) };
     this._flushRemoteCandidates("publish");
+    // Layers the server paused before the answer arrived.
+    for (const [trackId, active] of Object.entries(this.publisherLayers)) {
+      this._onPublisherLayers(trackId, active);
+    }
     // A mute pressed before the answer arrived could not name a track id yet.
     for (const transceiver of pc.getTransceivers()) {
       const track = transceiver.sender.track;
@@ -418,6 +442,65 @@ export class Session {
     const tracks = this.localStream ? this.localStream.getTracks() : [];
     const ofKind = tracks.filter((t) => t.kind === kind);
     return ofKind.length > 0 && ofKind.every((t) => !t.enabled);
+  }
+
+  // --- simulcast: dynacast (own layers) and preferences (remote tracks) -------------
+
+  /** Pause/resume our own simulcast layers as the server asks (publisher_layers). */
+  _onPublisherLayers(trackId, active) {
+    this.publisherLayers[trackId] = { ...active };
+    const pc = this.publishPc;
+    if (!pc) return;
+    const transceiver = pc
+      .getTransceivers()
+      .find((t) => t.mid !== null && this.publishedTracks[t.mid] === trackId);
+    if (!transceiver) return; // applied once publish_answer names the track
+    // One setParameters at a time: a second call with stale parameters would fail.
+    this._layersChain = this._layersChain
+      .then(async () => {
+        if (this.closed || pc.signalingState === "closed") return;
+        const wanted = this.publisherLayers[trackId];
+        const params = transceiver.sender.getParameters();
+        let changed = false;
+        for (const encoding of params.encodings || []) {
+          if (!encoding.rid || !(encoding.rid in wanted)) continue;
+          const value = Boolean(wanted[encoding.rid]);
+          if (encoding.active !== value) {
+            encoding.active = value;
+            changed = true;
+          }
+        }
+        if (changed) await transceiver.sender.setParameters(params);
+      })
+      .catch((err) => this._status(`could not apply publisher layers: ${err.message}`, "error"));
+  }
+
+  /** The track id of the video we receive from `participantId` (null if none). */
+  videoTrackIdOf(participantId) {
+    for (const info of Object.values(this.subscribeTracks)) {
+      if (info.participant_id === participantId && info.kind === "video") return info.track_id;
+    }
+    return null;
+  }
+
+  /**
+   * Our preferences for one remote video track (sent as track_settings when they
+   * change): {paused, max_spatial_layer (0..2 or null), max_width, max_height}.
+   */
+  setTrackSettings(trackId, settings) {
+    const message = {
+      type: "track_settings",
+      track_id: trackId,
+      paused: Boolean(settings.paused),
+      max_spatial_layer: settings.max_spatial_layer ?? null,
+      max_width: settings.max_width ?? null,
+      max_height: settings.max_height ?? null,
+    };
+    const previous = this.trackSettings[trackId];
+    if (previous && JSON.stringify(previous) === JSON.stringify(message)) return false;
+    if (!this.send(message)) return false;
+    this.trackSettings[trackId] = message;
+    return true;
   }
 
   // --- subscribing ----------------------------------------------------------------
@@ -558,6 +641,7 @@ export class Session {
           bytesReceived: s.bytesReceived ?? 0,
           frameWidth: s.frameWidth ?? 0,
           frameHeight: s.frameHeight ?? 0,
+          framesPerSecond: s.framesPerSecond ?? 0,
           participantId: info ? info.participant_id : null,
           trackId: info ? info.track_id : null,
         });
@@ -577,6 +661,11 @@ export class Session {
           bytesSent: s.bytesSent ?? 0,
           frameWidth: s.frameWidth ?? 0,
           frameHeight: s.frameHeight ?? 0,
+          framesPerSecond: s.framesPerSecond ?? 0,
+          targetBitrate: s.targetBitrate ?? 0,
+          qualityLimitationReason: s.qualityLimitationReason ?? null,
+          active: s.active ?? null,
+          trackId: s.mid != null ? (this.publishedTracks[s.mid] ?? null) : null,
         });
       }
     }

@@ -46,7 +46,7 @@ export class Ui {
   showJoin({ room = "", name = "", simulcast = false } = {}) {
     this.clearRemoteTiles();
     this.localVideo.srcObject = null;
-    this.localTile.classList.remove("has-video", "is-mic-muted", "is-cam-muted");
+    this.localTile.classList.remove("has-video", "is-mic-muted", "is-cam-muted", "speaking");
     this.setControl("audio", false);
     this.setControl("video", false);
     if (room) this.roomInput.value = room;
@@ -151,6 +151,15 @@ export class Ui {
     tile.remove();
     this.tiles.delete(participantId);
     this._updateGridSize();
+  }
+
+  /** Highlight the tiles of the participants speaking now (ours too). */
+  setActiveSpeakers(participantIds, ownId = null) {
+    const speaking = new Set(participantIds);
+    for (const [participantId, tile] of this.tiles) {
+      tile.classList.toggle("speaking", speaking.has(participantId));
+    }
+    this.localTile.classList.toggle("speaking", ownId !== null && speaking.has(ownId));
   }
 
   clearRemoteTiles() {

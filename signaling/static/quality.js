@@ -1,0 +1,215 @@
+// Per remote video tile: what the tile receives (resolution and bitrate, from
+// getStats every second), a "max quality" selector, and the subscriber preferences
+// sent to the server as track_settings: the layer cap from the selector, the size
+// the element is rendered at, and paused while the element or the page is hidden.
+
+const REFRESH_MS = 1000;
+const RESIZE_DEBOUNCE_MS = 500;
+
+/** Selector values → max_spatial_layer (null: let the server choose). */
+const LAYER_BY_CHOICE = { auto: null, low: 0, medium: 1, high: 2 };
+
+function formatBitrate(bitsPerSecond) {
+  if (bitsPerSecond >= 1_000_000) return `${(bitsPerSecond / 1_000_000).toFixed(2)} Mbps`;
+  return `${Math.round(bitsPerSecond / 1000)} kbps`;
+}
+
+export class VideoQuality {
+  /** `tiles` is the Ui's participant_id → tile element map. */
+  constructor(tiles) {
+    this.tiles = tiles;
+    this.session = null;
+    /** participant_id → {tile, video, choice, visible, width, height, observers} */
+    this.views = new Map();
+    /** participant_id → {trackId, frameWidth, frameHeight, bitrate, framesDecoded} */
+    this.received = new Map();
+    this._previous = new Map(); // participant_id → {bytes, time}
+    this._timer = null;
+    this._intersection =
+      typeof IntersectionObserver === "function"
+        ? new IntersectionObserver((entries) => this._onIntersection(entries))
+        : null;
+    this._resize =
+      typeof ResizeObserver === "function"
+        ? new ResizeObserver((entries) => this._onResize(entries))
+        : null;
+    this._resizeTimers = new Map();
+    document.addEventListener("visibilitychange", () => this.sync());
+  }
+
+  start(session) {
+    this.stop();
+    this.session = session;
+    this._timer = setInterval(() => {
+      this.refresh().catch(() => {});
+    }, REFRESH_MS);
+  }
+
+  stop() {
+    clearInterval(this._timer);
+    this._timer = null;
+    this.session = null;
+    for (const participantId of [...this.views.keys()]) this.detach(participantId);
+    this.received.clear();
+    this._previous.clear();
+  }
+
+  /** The tile of `participantId` exists: wire its selector and observers. */
+  attach(participantId) {
+    const tile = this.tiles.get(participantId);
+    const current = this.views.get(participantId);
+    if (!tile || (current && current.tile === tile)) return;
+    if (current) this.detach(participantId);
+    const video = tile.querySelector("video");
+    const select = tile.querySelector(".max-quality");
+    const view = { tile, video, select, choice: "auto", visible: true, width: null, height: null };
+    if (select) {
+      select.value = view.choice;
+      select.addEventListener("change", () => {
+        view.choice = select.value in LAYER_BY_CHOICE ? select.value : "auto";
+        this.sync();
+      });
+    }
+    this.views.set(participantId, view);
+    if (this._intersection) this._intersection.observe(video);
+    if (this._resize) this._resize.observe(video);
+    this.sync();
+  }
+
+  detach(participantId) {
+    const view = this.views.get(participantId);
+    if (!view) return;
+    if (this._intersection) this._intersection.unobserve(view.video);
+    if (this._resize) this._resize.unobserve(view.video);
+    clearTimeout(this._resizeTimers.get(view.video));
+    this._resizeTimers.delete(view.video);
+    this.views.delete(participantId);
+    this.received.delete(participantId);
+    this._previous.delete(participantId);
+  }
+
+  /** Cap what we receive from `participantId`: "auto" | "low" | "medium" | "high". */
+  setMaxQuality(participantId, choice) {
+    const view = this.views.get(participantId);
+    if (!view || !(choice in LAYER_BY_CHOICE)) return false;
+    view.choice = choice;
+    if (view.select) view.select.value = choice;
+    this.sync();
+    return true;
+  }
+
+  _viewOfVideo(video) {
+    for (const view of this.views.values()) if (view.video === video) return view;
+    return null;
+  }
+
+  _onIntersection(entries) {
+    for (const entry of entries) {
+      const view = this._viewOfVideo(entry.target);
+      if (view) view.visible = entry.isIntersecting;
+    }
+    this.sync();
+  }
+
+  _onResize(entries) {
+    for (const entry of entries) {
+      const video = entry.target;
+      clearTimeout(this._resizeTimers.get(video));
+      this._resizeTimers.set(
+        video,
+        setTimeout(() => {
+          this._resizeTimers.delete(video);
+          const view = this._viewOfVideo(video);
+          if (!view) return;
+          const scale = window.devicePixelRatio || 1;
+          view.width = Math.round(video.clientWidth * scale) || null;
+          view.height = Math.round(video.clientHeight * scale) || null;
+          this.sync();
+        }, RESIZE_DEBOUNCE_MS),
+      );
+    }
+  }
+
+  /** Send track_settings for every tile whose preferences changed. */
+  sync() {
+    const session = this.session;
+    if (!session || session.closed) return;
+    const pageHidden = document.visibilityState === "hidden";
+    for (const [participantId, view] of this.views) {
+      const trackId = session.videoTrackIdOf(participantId);
+      if (!trackId) continue;
+      session.setTrackSettings(trackId, {
+        paused: pageHidden || !view.visible,
+        max_spatial_layer: LAYER_BY_CHOICE[view.choice],
+        max_width: view.width,
+        max_height: view.height,
+      });
+    }
+  }
+
+  /** Read the inbound video stats and show them on the tiles. */
+  async refresh() {
+    const session = this.session;
+    if (!session || session.closed) return;
+    for (const participantId of this.tiles.keys()) this.attach(participantId);
+    this.sync(); // the track id of a tile may have changed with a new subscribe offer
+    const stats = await session.stats();
+    if (session !== this.session) return;
+    const now = performance.now();
+    const seen = new Set();
+    for (const s of stats.inbound) {
+      if (s.kind !== "video" || !s.participantId || !this.views.has(s.participantId)) continue;
+      seen.add(s.participantId);
+      const previous = this._previous.get(s.participantId);
+      let bitrate = 0;
+      if (previous && previous.trackId === s.trackId && s.bytesReceived >= previous.bytes) {
+        const seconds = (now - previous.time) / 1000;
+        if (seconds > 0) bitrate = ((s.bytesReceived - previous.bytes) * 8) / seconds;
+      }
+      this._previous.set(s.participantId, { bytes: s.bytesReceived, time: now, trackId: s.trackId });
+      const info = {
+        trackId: s.trackId,
+        frameWidth: s.frameWidth,
+        frameHeight: s.frameHeight,
+        framesDecoded: s.framesDecoded,
+        bitrate: Math.round(bitrate),
+      };
+      this.received.set(s.participantId, info);
+      this._show(s.participantId, info);
+    }
+    for (const participantId of this.views.keys()) {
+      if (!seen.has(participantId)) {
+        this.received.delete(participantId);
+        this._show(participantId, null);
+      }
+    }
+  }
+
+  _show(participantId, info) {
+    const view = this.views.get(participantId);
+    const label = view && view.tile.querySelector(".layer-info");
+    if (!label) return;
+    const settings = this.session?.trackSettings[info?.trackId];
+    if (settings?.paused) label.textContent = "paused";
+    else if (!info || !info.frameWidth) label.textContent = "no video";
+    else {
+      const size = `${info.frameWidth}×${info.frameHeight}`;
+      label.textContent = `${size} · ${formatBitrate(info.bitrate)}`;
+    }
+  }
+
+  /** For tests and debugging: participant_id → what its tile receives and wants. */
+  snapshot() {
+    const result = {};
+    for (const [participantId, view] of this.views) {
+      result[participantId] = {
+        choice: view.choice,
+        visible: view.visible,
+        width: view.width,
+        height: view.height,
+        ...(this.received.get(participantId) || {}),
+      };
+    }
+    return result;
+  }
+}
