@@ -149,10 +149,11 @@ class Participant:
         self._rrid_extension: int | None = None
         self._audio_level_extension: int | None = None
         self._transport_cc_extension: int | None = None
-        self._feedback = TransportCcFeedbackGenerator()
+        self._feedback = TransportCcFeedbackGenerator(sender_ssrc=self.rtcp_ssrc)
         self._bwe = SendSideBandwidthEstimator()
         self._allocator = StreamAllocator()
         self._outgoing_transport_cc: int | None = None
+        self._bwe_has_feedback = False
         self._outgoing_sequence = 0
         self._next_rtcp = 0.0
         self._next_feedback = 0.0
@@ -317,6 +318,7 @@ class Participant:
 
     def _bind_ssrc(self, ssrc: int, producer: Producer, rid: str | None) -> RtpStream:
         stream = producer.add_stream(ssrc, rid)
+        self._feedback.media_ssrc = ssrc
         self._ssrc_table[ssrc] = (producer, stream)
         return stream
 
@@ -630,8 +632,10 @@ class Participant:
                     self.rtcp_errors += 1
                     continue
                 self._bwe.on_feedback(feedback, time.time())
+                self._bwe_has_feedback = True
             elif isinstance(packet, rtcp.ReceiverEstimatedMaxBitrate):
                 self._bwe.on_remb(packet.bitrate, time.time())
+                self._bwe_has_feedback = True
 
     def _on_report_blocks(self, blocks: list[rtcp.ReportBlock]) -> None:
         now = rtcp.compact_ntp(rtcp.ntp_from_unix(time.time()))
@@ -682,8 +686,10 @@ class Participant:
 
     @property
     def estimated_bitrate(self) -> int | None:
-        """The subscribe transport's bandwidth estimate, None without feedback."""
-        return self._bwe.estimate if self._outgoing_transport_cc is not None else None
+        """The subscribe transport's bandwidth estimate; None until the subscriber has
+        sent transport-cc feedback or a REMB (a client without congestion control is
+        not throttled by a guess)."""
+        return self._bwe.estimate if self._bwe_has_feedback else None
 
     def tick(self, now: float) -> None:
         """Periodic work, called by the worker about every 50 ms."""
