@@ -32,14 +32,18 @@ RESUBSCRIBE_SECONDS = 0.5
 
 T = TypeVar("T")
 
-# Atomic placement. KEYS: room key, workers set. ARGV: worker key prefix, lease ms.
-# A room whose worker key still exists stays where it is (even on a draining worker:
-# its participants must not be split); otherwise the least-loaded live worker that is
-# not draining and below capacity gets it, and its room count goes up at once so the
-# next placement in the same heartbeat period sees it.
+# Atomic placement. KEYS: room key, workers set. ARGV: worker key prefix (also the
+# prefix of the workers' request channels), lease ms. A worker counts if its key
+# exists and it listens on its channel. A room whose worker is alive stays where it
+# is (even on a draining worker: its participants must not be split); otherwise the
+# least-loaded live worker that is not draining and below capacity gets it, and its
+# room count goes up at once so the next placement in the same heartbeat sees it.
 _PLACE_ROOM = """
+local function listening(id)
+  return redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. id)[2] > 0
+end
 local current = redis.call('GET', KEYS[1])
-if current and redis.call('EXISTS', ARGV[1] .. current) == 1 then
+if current and redis.call('EXISTS', ARGV[1] .. current) == 1 and listening(current) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return current
 end
@@ -48,7 +52,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local f = redis.call('HMGET', ARGV[1] .. id, 'capacity', 'participants', 'rooms', 'draining')
   if not f[1] then
     redis.call('SREM', KEYS[2], id)
-  elseif f[4] ~= '1' then
+  elseif f[4] ~= '1' and listening(id) then
     local capacity = tonumber(f[1])
     local participants = tonumber(f[2]) or 0
     local rooms = tonumber(f[3]) or 0
