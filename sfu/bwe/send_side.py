@@ -34,7 +34,7 @@ subscriber's transport-cc feedback comes back through
   the estimate jumps to the measured rate and the next probe may start at once;
   otherwise the next probe waits :data:`PROBE_BACKOFF_INITIAL`, doubling per failure up
   to :data:`PROBE_BACKOFF_MAX`. No probe within :data:`PROBE_QUIET_AFTER_DECREASE` of a
-  decrease.
+  decrease, nor while a fresh REMB is what limits the estimate.
 
 REMB, when fresh (:data:`REMB_TIMEOUT`), caps the estimate; before any transport-cc
 feedback it *is* the estimate. Times are seconds on the caller's clock; arrival times in
@@ -511,7 +511,7 @@ class SendSideBandwidthEstimator:
         probe = self._probe
         if probe is None:
             estimate = self.estimate
-            if target <= estimate or now < self._probe_not_before:
+            if target <= estimate or now < self._probe_not_before or self._remb_limits():
                 return 0
             if (
                 self._last_decrease is not None
@@ -531,6 +531,15 @@ class SendSideBandwidthEstimator:
         return max(int((probe.bitrate - media_bitrate) / 8), 0)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _remb_limits(self) -> bool:
+        """True while a fresh REMB is what holds the estimate down (probing is pointless)."""
+        remb = self._remb
+        return (
+            remb is not None
+            and self._now - self._remb_time <= REMB_TIMEOUT
+            and remb <= min(self._delay_based, self._loss_cap or math.inf)
+        )
 
     def _expire_media_sent(self, now: float) -> None:
         media_sent = self._media_sent
