@@ -3,7 +3,8 @@
 Keys (all under ``sfu:``; see the README's "Scaling out" section):
 
 - ``sfu:worker:{id}`` hash (:class:`WorkerInfo` fields), TTL = heartbeat TTL;
-  ``sfu:workers`` set of ids (cleaned lazily); ``sfu:node:{id}`` string with a TTL;
+  ``sfu:workers`` set of ids (cleaned lazily); ``sfu:dead:{id}`` tombstone of an
+  evicted worker; ``sfu:node:{id}`` string with a TTL;
 - ``sfu:room:{name}`` = worker id, with a lease the hosting worker renews;
 - channels ``sfu:worker:{id}`` (requests) and ``sfu:node:{id}`` (replies);
 - streams ``sfu:events:{participant id}`` (events to a participant), and
@@ -28,6 +29,8 @@ PREFIX = "sfu:"
 STREAM_MAXLEN = 1000
 """Events kept per participant stream (a resumed session replays from its cursor)."""
 PARTICIPANT_TTL = 24 * 3600
+DEAD_TTL = 300
+"""Seconds an evicted worker's tombstone (``sfu:dead:{id}``) is kept."""
 RESUBSCRIBE_SECONDS = 0.5
 
 T = TypeVar("T")
@@ -174,6 +177,7 @@ class RedisBackend:
             pipe.hset(key, mapping=info.to_fields())
             pipe.pexpire(key, int(ttl * 1000))
             pipe.sadd(_key(WORKERS_SET), info.worker_id)
+            pipe.delete(_key("dead", info.worker_id))
             await _guard(pipe.execute())
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -204,7 +208,14 @@ class RedisBackend:
         return live
 
     async def evict_worker(self, worker_id: str) -> None:
-        await self.unregister_worker(worker_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(_key("worker", worker_id))
+            pipe.srem(_key(WORKERS_SET), worker_id)
+            pipe.set(_key("dead", worker_id), "1", ex=DEAD_TTL)
+            await _guard(pipe.execute())
+
+    async def worker_dead(self, worker_id: str) -> bool:
+        return bool(await _guard(self._client.exists(_key("dead", worker_id))))
 
     async def register_node(self, node_id: str, ttl: float) -> None:
         await _guard(self._client.set(_key("node", node_id), "1", px=int(ttl * 1000)))
