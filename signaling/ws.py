@@ -83,6 +83,8 @@ async def signaling_socket(websocket: WebSocket, settings: SettingsDep, worker: 
 
 class _End(enum.Enum):
     LEFT = "left"
+    CLOSED = "closed"
+    """The client closed the socket on purpose (1000, or 1001 leaving the page)."""
     DISCONNECTED = "disconnected"
 
 
@@ -133,9 +135,13 @@ class Session:
             not reader.cancelled() and reader.exception() is None and reader.result() is _End.LEFT
         )
         terminal = self._terminal_close
-        # A dropped socket (or a node shutting down) keeps a resumable session alive.
-        failed = not reader.cancelled() and reader.exception() is not None
-        await self._leave(detach=not left and terminal is None and not failed)
+        # A dropped socket, or this node shutting down, keeps a resumable session.
+        dropped = (
+            reader.result() is _End.DISCONNECTED
+            if not reader.cancelled() and reader.exception() is None
+            else reader.cancelled() and terminal is None and not self._overflow.is_set()
+        )
+        await self._leave(detach=dropped)
         if (left or terminal is not None) and not self._overflow.is_set():
             self._queue.put_nowait(None)  # flush what is queued, then stop
             await writer
@@ -195,7 +201,7 @@ class Session:
         while True:
             frame = await self._websocket.receive()
             if frame["type"] == "websocket.disconnect":
-                return _End.DISCONNECTED
+                return _End.CLOSED if frame.get("code") in (1000, 1001) else _End.DISCONNECTED
             try:
                 request = _parse(frame)
             except _BadFrame as exc:

@@ -28,7 +28,7 @@ from sfu.config import DEV_API_KEY, DEV_API_SECRET
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0
 
 
 def cluster_available() -> bool:

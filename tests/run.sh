@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 apt_packages=()
 command -v chromium >/dev/null || apt_packages+=(chromium)
 command -v redis-server >/dev/null || apt_packages+=(redis-server)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt_packages+=(haproxy)
 command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)  # voice agent TTS
 command -v prometheus >/dev/null || apt_packages+=(prometheus)  # tests/test_dashboards.py
 command -v turnserver >/dev/null || apt_packages+=(coturn)  # tests/test_turn.py

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import av
 import pytest
+from async_browser import chromium, open_demo
 from browser import (
     ConsoleErrors,
     chromium_available,
@@ -19,6 +23,8 @@ from browser import (
     remote_tile_names,
     wait_for_stats,
 )
+
+from sfu.client import SyntheticVideoTrack, ToneAudioTrack, connect, dev_token, use_loopback_ice
 
 pytestmark = [
     pytest.mark.browser,
@@ -222,3 +228,58 @@ def test_bad_message_shows_error_and_session_continues(open_tab):
     assert remote_tile_names(first.page) == ["second"]
     assert first.page.evaluate("() => window.sfu.ws.readyState") == 1
     assert first.uncaught_errors() == [] and second.uncaught_errors() == []
+
+
+def test_tab_and_python_client_see_each_other(sfu_server):
+    """A Chromium tab and an SDK participant (aiortc) in one room: the tab decodes the
+    client's video, the client decodes the tab's video frames."""
+    # The module's sync Playwright owns this thread's event loop: run the asyncio
+    # participant and its own (async) Chromium in a thread of their own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, tab_and_python_client(sfu_server)).result()
+
+
+async def tab_and_python_client(sfu_server: str) -> None:
+    use_loopback_ice()  # aioice skips 127.0.0.1 otherwise; the server listens on it only
+    room = unique_room()
+    async with chromium() as context:
+        page = await open_demo(context, sfu_server, room, "tab", identity=f"tab-{room}")
+        token = await dev_token(sfu_server, room, "python", name="Python")
+        client = await connect(sfu_server, token, name="Python")
+        try:
+            await client.publish_tracks(
+                [(SyntheticVideoTrack(320, 240), "camera"), (ToneAudioTrack(), "microphone")]
+            )
+            tab_id = await page.evaluate("() => window.sfu.participantId")
+            client_id = client.participant_id
+
+            # The client decodes the tab's camera (whatever simulcast layer it gets).
+            remote = await client.wait_for_track(participant_id=tab_id, kind="video", timeout=20)
+            async with asyncio.timeout(MEDIA_TIMEOUT):
+                frames = [await remote.track.recv() for _ in range(10)]
+            assert all(isinstance(frame, av.VideoFrame) for frame in frames)
+            assert all(frame.width > 0 and frame.height > 0 for frame in frames)
+            assert len({frame.pts for frame in frames}) == len(frames)
+
+            # The tab decodes the client's 320x240 video, and keeps decoding it.
+            deadline = time.monotonic() + MEDIA_TIMEOUT
+            stats: dict[str, Any] = {}
+            while client_id not in decoding_video(stats):
+                assert time.monotonic() < deadline, (
+                    f"tab decodes no video from {client_id}: {stats}"
+                )
+                await asyncio.sleep(0.5)
+                stats = await page.evaluate("() => window.sfu.stats()")
+            first = decoding_video(stats)[client_id]
+            await asyncio.sleep(1.5)
+            stats = await page.evaluate("() => window.sfu.stats()")
+            assert decoding_video(stats)[client_id] > first, stats
+            inbound = [s for s in stats["inbound"] if s["participantId"] == client_id]
+            assert {
+                (s["frameWidth"], s["frameHeight"]) for s in inbound if s["kind"] == "video"
+            } == {(320, 240)}
+            names = await page.locator(".tile.remote .name").all_inner_texts()
+            assert names == ["Python"]
+            assert page.uncaught_errors == []
+        finally:
+            await client.leave()

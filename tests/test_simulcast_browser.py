@@ -168,6 +168,16 @@ def received(page: Any, participant_id: str) -> tuple[int, int, int]:
     return (s["frameWidth"], s["frameHeight"], s["framesDecoded"]) if s else (0, 0, 0)
 
 
+def subscriber_state(page: Any, participant_id: str) -> dict[str, Any]:
+    """What a failing subscriber assertion prints: what it receives and what it asked for."""
+    return {
+        "received": received(page, participant_id),
+        "tiles": page.evaluate("() => window.sfu.tiles()"),
+        "track_settings": page.evaluate("() => window.sfu.trackSettings"),
+        "last_error": page.evaluate("() => window.sfu.lastError"),
+    }
+
+
 def poll(
     check: Callable[[], Any],
     what: str,
@@ -241,7 +251,7 @@ def test_publisher_encodes_three_layers_and_direct_subscriber_gets_the_top(room:
         lambda: received(room.direct, room.publisher_id)[0] == TOP_WIDTH,
         f"the loopback subscriber to receive {TOP_WIDTH} px",
         RAMP_UP_TIMEOUT,
-        lambda: (received(room.direct, room.publisher_id), page_state(room.direct)),
+        lambda: (subscriber_state(room.direct, room.publisher_id), page_state(room.direct)),
     )
     width, height, _ = received(room.direct, room.publisher_id)
     print(f"loopback subscriber: {width}x{height} after {time.monotonic() - start:.1f}s")
@@ -253,15 +263,15 @@ def test_publisher_encodes_three_layers_and_direct_subscriber_gets_the_top(room:
 def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
     start = time.monotonic()
     poll(
-        lambda: received(room.constrained, room.publisher_id)[2] > 0,
-        "the subscriber in the namespace to decode video",
+        lambda: received(room.constrained, room.publisher_id)[0] == TOP_WIDTH,
+        f"the subscriber in the namespace to receive {TOP_WIDTH} px before the limit",
         RAMP_UP_TIMEOUT,
-        lambda: page_state(room.constrained),
+        lambda: (
+            subscriber_state(room.constrained, room.publisher_id),
+            page_state(room.constrained),
+        ),
     )
-    print(
-        f"\nnamespace subscriber: first frames after {time.monotonic() - start:.1f}s, "
-        f"{received(room.constrained, room.publisher_id)[:2]}"
-    )
+    print(f"\nnamespace subscriber: {TOP_WIDTH} px after {time.monotonic() - start:.1f}s")
 
     room.link.limit_downlink("300kbit", "16kbit", "100ms")
     start = time.monotonic()
@@ -269,7 +279,7 @@ def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
         lambda: 0 < received(room.constrained, room.publisher_id)[0] <= 320,
         "a layer ≤ 320 px on the 300 kbit/s link",
         RAMP_UP_TIMEOUT,
-        lambda: (received(room.constrained, room.publisher_id), room.link.qdisc()),
+        lambda: (subscriber_state(room.constrained, room.publisher_id), room.link.qdisc()),
     )
     dropped_after = time.monotonic() - start
     widths = assert_decoding(room.constrained, room.publisher_id, 5, 320)
@@ -281,7 +291,7 @@ def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
         lambda: received(room.constrained, room.publisher_id)[0] == TOP_WIDTH,
         f"the climb back to {TOP_WIDTH} px once the limit is lifted",
         CLIMB_BACK_LIMIT,
-        lambda: received(room.constrained, room.publisher_id),
+        lambda: subscriber_state(room.constrained, room.publisher_id),
     )
     climb = time.monotonic() - start
     print(f"limit lifted: back to {TOP_WIDTH} px in {climb:.1f}s")
@@ -296,7 +306,7 @@ def test_low_preference_and_dynacast(room: Room):
             lambda page=page: received(page, room.publisher_id)[0] == LOW_WIDTH,
             f"{LOW_WIDTH} px after asking for low",
             RAMP_UP_TIMEOUT,
-            lambda page=page: received(page, room.publisher_id),
+            lambda page=page: subscriber_state(page, room.publisher_id),
         )
     widths = assert_decoding(room.direct, room.publisher_id, 3, LOW_WIDTH)
     assert set(widths) == {LOW_WIDTH}
@@ -333,10 +343,12 @@ def test_low_preference_and_dynacast(room: Room):
         lambda: received(room.direct, room.publisher_id)[0] == TOP_WIDTH,
         f"{TOP_WIDTH} px after asking for high",
         RAMP_UP_TIMEOUT,
-        lambda: received(room.direct, room.publisher_id),
+        lambda: subscriber_state(room.direct, room.publisher_id),
     )
     print(
         f"dynacast: layers resumed after {resumed:.1f}s, loopback subscriber back to "
         f"{TOP_WIDTH} px after {time.monotonic() - start:.1f}s"
     )
     assert received(room.constrained, room.publisher_id)[0] == LOW_WIDTH
+    for page in (room.publisher, *subscribers):
+        assert page.evaluate("() => window.sfu.lastError") is None, page_state(page)

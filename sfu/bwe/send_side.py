@@ -34,7 +34,7 @@ subscriber's transport-cc feedback comes back through
   the estimate jumps to the measured rate and the next probe may start at once;
   otherwise the next probe waits :data:`PROBE_BACKOFF_INITIAL`, doubling per failure up
   to :data:`PROBE_BACKOFF_MAX`. No probe within :data:`PROBE_QUIET_AFTER_DECREASE` of a
-  decrease.
+  decrease, nor while a fresh REMB is what limits the estimate.
 
 REMB, when fresh (:data:`REMB_TIMEOUT`), caps the estimate; before any transport-cc
 feedback it *is* the estimate. Times are seconds on the caller's clock; arrival times in
@@ -62,7 +62,7 @@ DEFAULT_INITIAL_BITRATE = 600_000
 DEFAULT_MIN_BITRATE = 30_000
 DEFAULT_MAX_BITRATE = 30_000_000
 
-SEND_HISTORY = 5.0
+SEND_HISTORY = 10.0
 """Seconds a sent packet waits for its feedback before it is forgotten."""
 SEND_RATE_WINDOW = 0.5
 """Window (seconds of send time) of the media send rate the probe padding tops up."""
@@ -76,6 +76,9 @@ GROUP_SPAN = 0.005
 """Packets sent within 5 ms of a group's first packet belong to that group."""
 TRENDLINE_WINDOW = 20
 """Groups in the delay trend's least-squares fit."""
+TRENDLINE_MIN_GROUPS = 5
+"""The fit starts with this many groups (libwebrtc waits for a full window; a drop-tail
+queue can fill up before 20 video frames have gone by)."""
 TRENDLINE_SMOOTHING = 0.9
 """Exponential smoothing of the accumulated delay before the fit."""
 TRENDLINE_GAIN = 4.0
@@ -124,6 +127,9 @@ LOSS_INTERVAL = 0.5
 LOSS_MIN_PACKETS = 20
 LOSS_LOW = 0.02
 LOSS_HIGH = 0.10
+LOSS_ACKED_FLOOR = DECREASE_FACTOR
+"""A loss decrease never goes below this x the acknowledged bitrate: when the sender
+sends far more than the estimate, loss says little about what the link carries."""
 LOSS_DECREASE_INTERVAL = 0.3
 """Loss decreases at most once per this + RTT seconds."""
 TRANSPORT_CC_TIMEOUT = 2.0
@@ -250,7 +256,7 @@ class _TrendlineDetector:
         )
         self._history.append(((arrival - self._first_arrival) * 1000.0, self._smoothed))
         slope = self._previous_slope
-        if len(self._history) == TRENDLINE_WINDOW:
+        if len(self._history) >= TRENDLINE_MIN_GROUPS:
             fitted = _linear_fit_slope(self._history)
             if fitted is not None:
                 slope = fitted
@@ -505,7 +511,7 @@ class SendSideBandwidthEstimator:
         probe = self._probe
         if probe is None:
             estimate = self.estimate
-            if target <= estimate or now < self._probe_not_before:
+            if target <= estimate or now < self._probe_not_before or self._remb_limits():
                 return 0
             if (
                 self._last_decrease is not None
@@ -525,6 +531,15 @@ class SendSideBandwidthEstimator:
         return max(int((probe.bitrate - media_bitrate) / 8), 0)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _remb_limits(self) -> bool:
+        """True while a fresh REMB is what holds the estimate down (probing is pointless)."""
+        remb = self._remb
+        return (
+            remb is not None
+            and self._now - self._remb_time <= REMB_TIMEOUT
+            and remb <= min(self._delay_based, self._loss_cap or math.inf)
+        )
 
     def _expire_media_sent(self, now: float) -> None:
         media_sent = self._media_sent
@@ -657,7 +672,11 @@ class SendSideBandwidthEstimator:
             rtt = self._rtt if self._rtt is not None else DEFAULT_RTT
             last = self._last_loss_decrease
             if last is None or now - last >= LOSS_DECREASE_INTERVAL + rtt:
-                self._loss_cap = max(self.estimate * (1 - 0.5 * loss), self._min_bitrate)
+                cap = self.estimate * (1 - 0.5 * loss)
+                acked = self._acked_bitrate()
+                if acked is not None:
+                    cap = max(cap, min(LOSS_ACKED_FLOOR * acked, self.estimate))
+                self._loss_cap = max(cap, self._min_bitrate)
                 self._last_loss_decrease = now
                 self._last_decrease = now
         elif loss < LOSS_LOW and self._loss_cap is not None:

@@ -99,7 +99,13 @@ class ClusterBackend(Protocol):
         ...
 
     async def evict_worker(self, worker_id: str) -> None:
-        """Forget a worker now (it died); placement stops choosing it."""
+        """Forget a worker now (it died); placement stops choosing it, and
+        :meth:`worker_dead` says so until it registers again."""
+        ...
+
+    async def worker_dead(self, worker_id: str) -> bool:
+        """The worker was evicted (seen without a listener). A worker merely missing
+        from :meth:`live_workers` may be an emptied store it has not re-joined yet."""
         ...
 
     async def register_node(self, node_id: str, ttl: float) -> None: ...

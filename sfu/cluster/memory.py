@@ -25,6 +25,7 @@ class MemoryStore:
     channels: dict[str, set[asyncio.Queue[str]]] = field(default_factory=dict)
     streams: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     participants: dict[str, dict[str, str]] = field(default_factory=dict)
+    dead: set[str] = field(default_factory=set)
     appended: asyncio.Condition = field(default_factory=asyncio.Condition)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -59,6 +60,7 @@ class MemoryBackend:
 
     async def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         self.store.workers[info.worker_id] = (info, time.monotonic() + ttl)
+        self.store.dead.discard(info.worker_id)
 
     async def unregister_worker(self, worker_id: str) -> None:
         self.store.workers.pop(worker_id, None)
@@ -70,6 +72,7 @@ class MemoryBackend:
             return False
         if not self.store.channels.get(worker_channel(worker_id)):
             self.store.workers.pop(worker_id, None)
+            self.store.dead.add(worker_id)
             return False
         return True
 
@@ -78,6 +81,10 @@ class MemoryBackend:
 
     async def evict_worker(self, worker_id: str) -> None:
         self.store.workers.pop(worker_id, None)
+        self.store.dead.add(worker_id)
+
+    async def worker_dead(self, worker_id: str) -> bool:
+        return worker_id in self.store.dead
 
     async def register_node(self, node_id: str, ttl: float) -> None:
         self.store.nodes[node_id] = time.monotonic() + ttl

@@ -3,7 +3,8 @@
 Keys (all under ``sfu:``; see the README's "Scaling out" section):
 
 - ``sfu:worker:{id}`` hash (:class:`WorkerInfo` fields), TTL = heartbeat TTL;
-  ``sfu:workers`` set of ids (cleaned lazily); ``sfu:node:{id}`` string with a TTL;
+  ``sfu:workers`` set of ids (cleaned lazily); ``sfu:dead:{id}`` tombstone of an
+  evicted worker; ``sfu:node:{id}`` string with a TTL;
 - ``sfu:room:{name}`` = worker id, with a lease the hosting worker renews;
 - channels ``sfu:worker:{id}`` (requests) and ``sfu:node:{id}`` (replies);
 - streams ``sfu:events:{participant id}`` (events to a participant), and
@@ -28,18 +29,24 @@ PREFIX = "sfu:"
 STREAM_MAXLEN = 1000
 """Events kept per participant stream (a resumed session replays from its cursor)."""
 PARTICIPANT_TTL = 24 * 3600
+DEAD_TTL = 300
+"""Seconds an evicted worker's tombstone (``sfu:dead:{id}``) is kept."""
 RESUBSCRIBE_SECONDS = 0.5
 
 T = TypeVar("T")
 
-# Atomic placement. KEYS: room key, workers set. ARGV: worker key prefix, lease ms.
-# A room whose worker key still exists stays where it is (even on a draining worker:
-# its participants must not be split); otherwise the least-loaded live worker that is
-# not draining and below capacity gets it, and its room count goes up at once so the
-# next placement in the same heartbeat period sees it.
+# Atomic placement. KEYS: room key, workers set. ARGV: worker key prefix (also the
+# prefix of the workers' request channels), lease ms. A worker counts if its key
+# exists and it listens on its channel. A room whose worker is alive stays where it
+# is (even on a draining worker: its participants must not be split); otherwise the
+# least-loaded live worker that is not draining and below capacity gets it, and its
+# room count goes up at once so the next placement in the same heartbeat sees it.
 _PLACE_ROOM = """
+local function listening(id)
+  return redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. id)[2] > 0
+end
 local current = redis.call('GET', KEYS[1])
-if current and redis.call('EXISTS', ARGV[1] .. current) == 1 then
+if current and redis.call('EXISTS', ARGV[1] .. current) == 1 and listening(current) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return current
 end
@@ -48,7 +55,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local f = redis.call('HMGET', ARGV[1] .. id, 'capacity', 'participants', 'rooms', 'draining')
   if not f[1] then
     redis.call('SREM', KEYS[2], id)
-  elseif f[4] ~= '1' then
+  elseif f[4] ~= '1' and listening(id) then
     local capacity = tonumber(f[1])
     local participants = tonumber(f[2]) or 0
     local rooms = tonumber(f[3]) or 0
@@ -170,6 +177,7 @@ class RedisBackend:
             pipe.hset(key, mapping=info.to_fields())
             pipe.pexpire(key, int(ttl * 1000))
             pipe.sadd(_key(WORKERS_SET), info.worker_id)
+            pipe.delete(_key("dead", info.worker_id))
             await _guard(pipe.execute())
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -200,7 +208,14 @@ class RedisBackend:
         return live
 
     async def evict_worker(self, worker_id: str) -> None:
-        await self.unregister_worker(worker_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(_key("worker", worker_id))
+            pipe.srem(_key(WORKERS_SET), worker_id)
+            pipe.set(_key("dead", worker_id), "1", ex=DEAD_TTL)
+            await _guard(pipe.execute())
+
+    async def worker_dead(self, worker_id: str) -> bool:
+        return bool(await _guard(self._client.exists(_key("dead", worker_id))))
 
     async def register_node(self, node_id: str, ttl: float) -> None:
         await _guard(self._client.set(_key("node", node_id), "1", px=int(ttl * 1000)))

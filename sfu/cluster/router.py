@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import secrets
+import time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -78,6 +79,8 @@ class ClusterRouter:
         self._rpc = RpcClient(backend, node_id, settings.rpc_timeout)
         self._local: dict[str, _Local] = {}
         self._detached: dict[str, asyncio.Task[None]] = {}
+        self._missing: dict[str, float] = {}
+        """Worker id → when the monitor first missed it in the registry."""
         self._wake_stream = f"wake:{node_id}"
         self._wake_cursor = "0"
         self._tasks: list[asyncio.Task[None]] = []
@@ -329,12 +332,29 @@ class ClusterRouter:
             await asyncio.sleep(self.settings.monitor_interval)
             try:
                 await self.backend.register_node(self.node_id, self.settings.heartbeat_ttl)
-                live = {w.worker_id for w in await self.backend.live_workers()}
+                lost = await self._lost_workers()
             except BackendUnavailable:
                 continue  # cannot tell; running rooms keep forwarding meanwhile
             for participant_id, local in list(self._local.items()):
-                if local.worker_id not in live:
+                if local.worker_id in lost:
                     self._lose(participant_id, local)
+
+    async def _lost_workers(self) -> set[str]:
+        """Workers of local participants that are gone: evicted (their listener
+        vanished: a dead process), or missing for a whole heartbeat TTL. A worker that
+        is merely missing may be re-registering with a Redis that just restarted."""
+        live = {w.worker_id for w in await self.backend.live_workers()}
+        now = time.monotonic()
+        lost = set()
+        for worker_id in {local.worker_id for local in self._local.values()} - live:
+            since = self._missing.setdefault(worker_id, now)
+            if now - since >= self.settings.heartbeat_ttl or await self.backend.worker_dead(
+                worker_id
+            ):
+                lost.add(worker_id)
+        for worker_id in live | lost:
+            self._missing.pop(worker_id, None)
+        return lost
 
     def _lose(self, participant_id: str, local: _Local) -> None:
         logger.warning(

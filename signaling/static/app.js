@@ -130,6 +130,12 @@ async function join({ room, name, simulcast = true, publish = true, identity = n
       closed: (reason) => {
         if (session !== current) return;
         session = null;
+        if (reason === "worker_lost") {
+          // The media worker died or drained: join again (a live worker takes the
+          // room) and publish the camera and microphone anew.
+          join({ room, name, simulcast, identity });
+          return;
+        }
         quality.stop();
         ui.showJoin({ room, name, simulcast });
         if (reason === "left") ui.setStatus(`left ${room}`);

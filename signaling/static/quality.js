@@ -1,10 +1,13 @@
 // Per remote video tile: what the tile receives (resolution and bitrate, from
 // getStats every second), a "max quality" selector, and the subscriber preferences
 // sent to the server as track_settings: the layer cap from the selector, the size
-// the element is rendered at, and paused while the element or the page is hidden.
+// the element is rendered at, and paused while the element or the page is hidden
+// (or the element is rendered tiny).
 
 const REFRESH_MS = 1000;
 const RESIZE_DEBOUNCE_MS = 500;
+/** Below this many CSS pixels either way, the element counts as hidden. */
+const TINY_PX = 8;
 
 /** Selector values → max_spatial_layer (null: let the server choose). */
 const LAYER_BY_CHOICE = { auto: null, low: 0, medium: 1, high: 2 };
@@ -62,7 +65,16 @@ export class VideoQuality {
     if (current) this.detach(participantId);
     const video = tile.querySelector("video");
     const select = tile.querySelector(".max-quality");
-    const view = { tile, video, select, choice: "auto", visible: true, width: null, height: null };
+    const view = {
+      tile,
+      video,
+      select,
+      choice: "auto",
+      visible: true,
+      tiny: false,
+      width: null,
+      height: null,
+    };
     if (select) {
       select.value = view.choice;
       select.addEventListener("change", () => {
@@ -122,6 +134,7 @@ export class VideoQuality {
           const view = this._viewOfVideo(video);
           if (!view) return;
           const scale = window.devicePixelRatio || 1;
+          view.tiny = video.clientWidth < TINY_PX || video.clientHeight < TINY_PX;
           view.width = Math.round(video.clientWidth * scale) || null;
           view.height = Math.round(video.clientHeight * scale) || null;
           this.sync();
@@ -139,7 +152,7 @@ export class VideoQuality {
       const trackId = session.videoTrackIdOf(participantId);
       if (!trackId) continue;
       session.setTrackSettings(trackId, {
-        paused: pageHidden || !view.visible,
+        paused: pageHidden || !view.visible || view.tiny,
         max_spatial_layer: LAYER_BY_CHOICE[view.choice],
         max_width: view.width,
         max_height: view.height,
@@ -204,7 +217,7 @@ export class VideoQuality {
     for (const [participantId, view] of this.views) {
       result[participantId] = {
         choice: view.choice,
-        visible: view.visible,
+        visible: view.visible && !view.tiny,
         width: view.width,
         height: view.height,
         ...(this.received.get(participantId) || {}),

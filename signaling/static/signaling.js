@@ -5,6 +5,8 @@
 import { DataChannels } from "./data.js";
 
 const PROTOCOL_VERSION = 1;
+/** Close code after a `worker_lost` error: the room moved to another media worker. */
+const CLOSE_WORKER_LOST = 4001;
 const PING_INTERVAL_MS = 20000;
 
 const SIMULCAST_ENCODINGS = [
@@ -127,7 +129,7 @@ export class Session {
         const text = this._fatalError ? `${this._fatalError} — ${closedText}` : closedText;
         this._status(text, "error");
         this._teardown();
-        this._hook("closed", "socket closed");
+        this._hook("closed", event.code === CLOSE_WORKER_LOST ? "worker_lost" : "socket closed");
       });
     });
   }
