@@ -93,8 +93,8 @@ OUTGOING_TRANSPORT_CC_ID = 3
 """Header extension id of the transport-wide sequence number in subscribe offers."""
 UNKNOWN_ESTIMATE = 10_000_000
 """Bits/s assumed for a subscriber that sends no bandwidth feedback at all."""
-PROBE_CLUSTER_PACKETS = 5
-"""Packets sent again per probe cluster when the estimator asks to test a higher rate."""
+PROBE_CLUSTER_PACKETS = 30
+"""Most recent packets of each consumer that may be sent again in one probe tick."""
 
 _SSRC = struct.Struct("!I")
 _RTX_HEADER = struct.Struct("!BBHII")
@@ -154,6 +154,9 @@ class Participant:
         self._allocator = StreamAllocator()
         self._outgoing_transport_cc: int | None = None
         self._bwe_has_feedback = False
+        self._probe_target = 0
+        """Bits/s the last allocation wished it could send (0: it got what it wanted)."""
+        self._last_tick = 0.0
         self._outgoing_sequence = 0
         self._next_rtcp = 0.0
         self._next_feedback = 0.0
@@ -448,7 +451,7 @@ class Participant:
         """Start receiving ``producer`` (renegotiates the subscribe transport)."""
         if self.subscribe is None:
             return
-        consumer = Consumer(_new_id("CO_"), producer, self.id, self.subscribe.session.send_rtp)
+        consumer = Consumer(_new_id("CO_"), producer, self.id, self._send_media)
         producer.add_consumer(consumer)
         self._consumers_by_ssrc[consumer.ssrc] = consumer
         slot = next(
@@ -666,7 +669,7 @@ class Participant:
 
     # --- periodic RTCP ----------------------------------------------------------------
 
-    def _send_media(self, packet: bytes) -> None:
+    def _send_media(self, packet: bytes, probe: bool = False) -> None:
         """Send one consumer packet, stamped with the subscribe transport's
         transport-wide sequence number when the subscriber negotiated it."""
         assert self.subscribe is not None
@@ -681,7 +684,7 @@ class Participant:
                     packet[12:],
                 )
             )
-            self._bwe.on_packet_sent(sequence, len(packet), time.time())
+            self._bwe.on_packet_sent(sequence, len(packet), time.time(), is_padding=probe)
         self.subscribe.session.send_rtp(packet)
 
     @property
@@ -695,6 +698,9 @@ class Participant:
         """Periodic work, called by the worker about every 50 ms."""
         if self._closed:
             return
+        if self._probe_target:
+            self._probe(now, now - self._last_tick)
+        self._last_tick = now
         if now >= self._next_feedback:
             self._next_feedback = now + FEEDBACK_INTERVAL
             if self.publish is not None:
@@ -733,26 +739,29 @@ class Participant:
         )
         for consumer in consumers:
             consumer.set_target_layer(allocation.targets.get(consumer.id))
+        self._probe_target = 0
         if estimate is not None and allocation.deficient:
             wanted = sum(
                 max((layer.bitrate for layer in track.layers), default=0)
                 for track in tracks
                 if track.track_id in allocation.deficient
             )
-            self._probe(now, allocation.total + wanted)
+            self._probe_target = allocation.total + wanted
 
-    def _probe(self, now: float, target: int) -> None:
-        """Send recent packets again so the estimate can discover room for ``target``."""
-        rate = self._bwe.wants_probe(now, target)
+    def _probe(self, now: float, elapsed: float) -> None:
+        """Top the media up with packets sent again (the subscriber drops duplicates,
+        its transport-wide feedback still counts them) while the estimator probes
+        whether the allocation's wish fits."""
+        rate = self._bwe.wants_probe(now, self._probe_target)
         if rate <= 0:
             return
-        budget = rate * ALLOCATION_INTERVAL / 8
+        budget = rate * elapsed / 8
         for consumer in self.consumers():
             for packet in consumer.probe_packets(PROBE_CLUSTER_PACKETS):
                 if budget <= 0:
                     return
                 budget -= len(packet)
-                self._send_media(packet)
+                self._send_media(packet, probe=True)
 
     def _receiver_reports(self, now: float) -> list[bytes]:
         blocks = []

@@ -159,6 +159,10 @@ def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
 # Publish side: answer the browser's offer.
 
 
+PUBLISH_START_BITRATE_KBPS = 1000
+"""Where a Chrome publisher's bandwidth estimate starts (``x-google-start-bitrate``)."""
+
+
 def _accepted_codec(codec: Codec) -> Codec:
     feedback = [fb for fb in codec.rtcp_feedback if fb in CODEC_POLICY.rtcp_feedback]
     return replace(codec, parameters=dict(codec.parameters), rtcp_feedback=feedback)
@@ -194,6 +198,11 @@ def _answer_codecs(media: MediaSection, allow_h264: bool) -> list[Codec]:
     if primary is None:
         return []
     codecs = [_accepted_codec(primary)]
+    if media.kind == "video":
+        # Chrome starts its send-side estimate here instead of at 300 kbit/s, so the
+        # upper simulcast layers come up within seconds (our transport-cc feedback
+        # takes it down again if the link is smaller).
+        codecs[0].parameters["x-google-start-bitrate"] = str(PUBLISH_START_BITRATE_KBPS)
     rtx = next((c for c in media.codecs if c.is_rtx and c.apt == primary.payload_type), None)
     if rtx is not None:
         codecs.append(_accepted_codec(rtx))
