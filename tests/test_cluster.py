@@ -441,17 +441,19 @@ def _wait_tab_decodes(
     page: Any, page_stats: Any, decoding_video: Any, wanted: Callable[[], set[str]]
 ) -> float:
     """Poll the tab until video from every participant in ``wanted()`` is decoding and
-    growing; returns when that was first seen."""
+    growing; returns when it was first seen decoding (the growth confirms it)."""
     deadline = time.monotonic() + 30
     first: dict[str, int] = {}
+    seen_at = 0.0
     while time.monotonic() < deadline:
         decoding = decoding_video(page_stats(page))
         if wanted() <= set(decoding):
             if not first.keys() >= wanted():
                 first = {p: decoding[p] for p in wanted()}
+                seen_at = time.monotonic()
             elif all(decoding.get(p, 0) > first.get(p, 1 << 30) for p in wanted()):
-                return time.monotonic()
-        page.wait_for_timeout(100)
+                return seen_at
+        page.wait_for_timeout(50)
     state = page.evaluate("() => [window.sfu.participantId, window.sfu.lastError]")
     raise AssertionError(f"tab never decoded video from {wanted()}: {state}")
 
