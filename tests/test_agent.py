@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 import wave
 from pathlib import Path
@@ -42,6 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENERGY_THRESHOLD = 0.01
 """RMS (full scale 1.0) above which the page counts audio as sound, not silence."""
 INTERRUPTION_BUDGET = 0.2
+"""Seconds the agent may take from the first speech frame to stopping its answer."""
+AGENT_QUIET = 0.5
+"""Seconds without energy that count as the agent having stopped talking."""
 """Seconds the agent may take from the first speech frame to stopping its answer."""
 
 
@@ -145,27 +149,31 @@ def write_user_speech(path: Path) -> None:
 
 def interruption_in_page(samples: list[list[float]]) -> tuple[float, float] | None:
     """(user speech onset, agent silent again) for the first time the user speaks over
-    the agent's answer, from the page's energy samples; None if it did not happen."""
+    the agent's answer, from the page's energy samples; None if it has not happened.
+
+    The user "speaks over" the agent when the microphone turns loud after a second of
+    quiet while the agent was audible in the half second before; the agent is "silent
+    again" from the start of the first stretch of ``AGENT_QUIET`` seconds without
+    energy (longer than espeak's pauses between words and sentences).
+    """
     quiet_since = None
-    for i, (at, mic, agent) in enumerate(samples):
+    for i, (at, mic, _) in enumerate(samples):
         if mic < ENERGY_THRESHOLD:
             quiet_since = quiet_since if quiet_since is not None else at
             continue
         onset_after_pause = quiet_since is not None and at - quiet_since > 1.0
         quiet_since = None
-        if not onset_after_pause or agent < ENERGY_THRESHOLD:
+        agent_before = [agent for t, _, agent in samples[:i] if at - t <= 0.5]
+        if not onset_after_pause or max(agent_before, default=0.0) < ENERGY_THRESHOLD:
             continue
-        # The user starts while the agent talks: when does the agent go quiet for good
-        # (150 ms without energy)?
         silent_from = None
-        for later, _, agent_later in samples[i:]:
-            if agent_later >= ENERGY_THRESHOLD:
+        for later, _, agent in samples[i:]:
+            if agent >= ENERGY_THRESHOLD:
                 silent_from = None
             elif silent_from is None:
                 silent_from = later
-            elif later - silent_from >= 0.15:
+            elif later - silent_from >= AGENT_QUIET:
                 return at, silent_from
-        return None
     return None
 
 
@@ -186,12 +194,13 @@ async def test_voice_agent_answers_and_stops_when_interrupted(sfu_server, tmp_pa
         async with chromium([f"--use-file-for-fake-audio-capture={wav}"]) as browser:
             page = await open_demo(browser, sfu_server, room, "User", identity="user")
             await page.evaluate(MONITOR)
-            await page.wait_for_function(
-                """() => window.sfu.dataMessages.some(
-                    (m) => m.topic === 'agent' && m.data.event === 'interrupted')""",
-                timeout=45_000,
-            )
-            await page.wait_for_timeout(1000)  # the answer's silence after the stop
+            # The WAV loops: wait for a cycle where the page heard the answer and its
+            # interruption (a busy machine may delay the first answer too much).
+            measured = None
+            deadline = time.monotonic() + 60
+            while measured is None and time.monotonic() < deadline:
+                await page.wait_for_timeout(1000)
+                measured = interruption_in_page(await page.evaluate("() => window.energy"))
             log = await page.evaluate(
                 "() => window.sfu.dataMessages.filter((m) => m.topic === 'agent')"
             )
@@ -203,18 +212,18 @@ async def test_voice_agent_answers_and_stops_when_interrupted(sfu_server, tmp_pa
     assert all(m["from"]["identity"] == "agent" for m in log)
     first_turn = next(e for e in events if e["event"] == "turn")
     assert first_turn["speech_seconds"] > 1.0, events
-    interrupted = next(e for e in events if e["event"] == "interrupted")
-    assert interrupted["turn"] == first_turn["turn"], events
+    interruptions = [e for e in events if e["event"] == "interrupted"]
+    assert interruptions and interruptions[0]["turn"] == first_turn["turn"], events
+    agent_latency = max(e["latency_ms"] for e in interruptions)
     assert max(agent for _, _, agent in samples) > ENERGY_THRESHOLD, "no answer heard"
-    measured = interruption_in_page(samples)
     assert measured is not None, f"no interruption seen in the page's audio\n{output[-3000:]}"
     onset, silent = measured
     page_latency = silent - onset
     print(
-        f"\ninterruption latency: agent {interrupted['latency_ms']:.0f} ms"
+        f"\ninterruption latency: agent {agent_latency:.0f} ms"
         f" (first speech frame received -> playback stopped);"
         f" page {1000 * page_latency:.0f} ms (user speech onset at the microphone ->"
         " agent audio silent at the listener, network and jitter buffers included)"
     )
-    assert interrupted["latency_ms"] < 1000 * INTERRUPTION_BUDGET
+    assert agent_latency < 1000 * INTERRUPTION_BUDGET
     assert page_latency < 1.0

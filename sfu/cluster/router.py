@@ -21,6 +21,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -157,6 +158,9 @@ class ClusterRouter:
             )
         except BaseException as exc:
             self._local.pop(participant_id, None)
+            if not isinstance(exc, WorkerGone):
+                # A join that timed out may still complete on the worker: undo it.
+                self._spawn(self._quiet_leave(worker_id, participant_id))
             with contextlib.suppress(BackendUnavailable):
                 await self.backend.delete_participant(participant_id)
             if isinstance(exc, BackendUnavailable):
@@ -277,6 +281,15 @@ class ClusterRouter:
 
     # --- events -----------------------------------------------------------------------
 
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _quiet_leave(self, worker_id: str, participant_id: str) -> None:
+        with contextlib.suppress(ProtocolError):
+            await self._rpc.call(worker_id, "leave", participant_id=participant_id)
+
     def _wake(self) -> None:
         """Make the reader pick up a new stream now rather than after its block."""
 
@@ -284,9 +297,7 @@ class ClusterRouter:
             with contextlib.suppress(BackendUnavailable):
                 await self.backend.append_events([(self._wake_stream, "")], 60.0)
 
-        task = asyncio.get_running_loop().create_task(append())
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._spawn(append())
 
     async def _read_loop(self) -> None:
         while True:
@@ -370,9 +381,7 @@ class ClusterRouter:
                 fatal=True,
             )
         )
-        task = asyncio.get_running_loop().create_task(self._forget(participant_id))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._spawn(self._forget(participant_id))
 
     # --- RoomAdmin ----------------------------------------------------------------------
 
