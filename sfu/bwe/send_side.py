@@ -64,6 +64,8 @@ DEFAULT_MAX_BITRATE = 30_000_000
 
 SEND_HISTORY = 10.0
 """Seconds a sent packet waits for its feedback before it is forgotten."""
+HISTORY_TRIM_MASK = 0x3F
+"""The send history is trimmed once every 64 packets."""
 SEND_RATE_WINDOW = 0.5
 """Window (seconds of send time) of the media send rate the probe padding tops up."""
 
@@ -420,17 +422,19 @@ class SendSideBandwidthEstimator:
             probe.sent_bytes += size
             probe.last_send = now
             probe.last_send_size = size
-        self._sent[extended] = _SentPacket(size, now, probe_id)
         sent = self._sent
-        while sent:
-            oldest = next(iter(sent))
-            if now - sent[oldest].send_time <= SEND_HISTORY:
-                break
-            del sent[oldest]
+        sent[extended] = _SentPacket(size, now, probe_id)
+        # This runs for every packet to every subscriber: old history is dropped in
+        # batches, and the media send rate is expired where it is read.
+        if not extended & HISTORY_TRIM_MASK:
+            while sent:
+                oldest = next(iter(sent))
+                if now - sent[oldest].send_time <= SEND_HISTORY:
+                    break
+                del sent[oldest]
         if not is_padding:
             self._media_sent.append((now, size))
             self._media_sent_bytes += size
-        self._expire_media_sent(now)
 
     def on_feedback(self, feedback: TransportCcFeedback, now: float) -> None:
         """Process one transport-cc feedback received at ``now``."""
