@@ -41,7 +41,7 @@ from sfu.protocol import (
     TrackInfo,
 )
 from sfu.rtp import rtcp
-from sfu.rtp.extensions import SDES_MID, encode_sdes
+from sfu.rtp.extensions import SDES_MID, TRANSPORT_WIDE_CC, encode_sdes
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.sdp import (
     HeaderExtension,
@@ -390,7 +390,14 @@ def create_recvonly_answer(
             direction="recvonly" if receiving and codecs else "inactive",
             host="0.0.0.0",
             codecs=[replace(c, parameters=dict(c.parameters)) for c in codecs],
-            header_extensions=[replace(ext, direction=None) for ext in offered.header_extensions],
+            # The lean subscriber sends no transport-cc feedback, so it does not accept
+            # the transport-wide sequence number (as a client without congestion
+            # control would not): the SFU then skips per-packet send-side estimation.
+            header_extensions=[
+                replace(ext, direction=None)
+                for ext in offered.header_extensions
+                if ext.uri != TRANSPORT_WIDE_CC
+            ],
             rtcp_mux=True,
             rtcp_rsize=offered.rtcp_rsize,
             ice_ufrag=local.ice_ufrag,
