@@ -39,6 +39,8 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +53,41 @@ PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
 )
 """Private methods this module overrides or calls. The private instance attributes it
 reads (``RTCIceGatherer._connection``, ``Connection._nominated`` and ``_queue``,
-``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``) are exercised by the loopback test."""
+``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, pylibsrtp's ``Session._srtp``,
+``_cdata`` and ``_buffer``) are exercised by the loopback test."""
 
 RtpHandler = Callable[[bytes], None]
+
+SRTP_MAX_TRAILER = 16 + 128
+"""Bytes SRTP may append to a packet (authentication tag and MKI), as pylibsrtp allows."""
+
+
+def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """A lean ``session.protect``: one libsrtp call with a reused length cell.
+
+    pylibsrtp's wrapper allocates a new cffi ``int *`` and checks types on every call;
+    this runs once per packet and subscriber, so it calls libsrtp through the session's
+    own buffer directly (pylibsrtp's private ``_srtp``/``_cdata``/``_buffer``).
+    """
+    srtp = session._srtp
+    cdata = session._cdata
+    buffer = session._buffer
+    limit = len(buffer) - SRTP_MAX_TRAILER
+    length = _srtp_ffi.new("int *")
+    protect = _srtp_lib.srtp_protect
+
+    def protect_packet(packet: bytes) -> bytes:
+        size = len(packet)
+        if size > limit:
+            raise pylibsrtp.Error(f"packet of {size} bytes is too long to protect")
+        length[0] = size
+        buffer[0:size] = packet
+        status = protect(srtp[0], cdata, length)
+        if status:
+            raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
+        return buffer[0 : length[0]]
+
+    return protect_packet
 
 
 def use_host_addresses(addresses: Sequence[str]) -> None:
@@ -196,6 +230,7 @@ class DtlsSrtpSession:
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
+        self._protect: Callable[[bytes], bytes] = bytes
         self._remote_addr: tuple[str, int] = ("", 0)
         self.connected = asyncio.Event()
         self.closed = asyncio.Event()
@@ -258,6 +293,7 @@ class DtlsSrtpSession:
     def _install_fast_path(self) -> None:
         self._rx_srtp = self._dtls._rx_srtp
         self._tx_srtp = self._dtls._tx_srtp
+        self._protect = srtp_protector(self._tx_srtp)
         pair = self._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("no nominated ICE pair")
@@ -312,7 +348,7 @@ class DtlsSrtpSession:
         if sendto is None:
             return
         try:
-            sendto(self._tx_srtp.protect(packet), self._remote_addr)  # type: ignore[union-attr]
+            sendto(self._protect(packet), self._remote_addr)
         except (pylibsrtp.Error, OSError):
             self.send_errors += 1
 

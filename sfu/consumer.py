@@ -35,6 +35,9 @@ RETRANSMISSION_CACHE_SIZE = 1024
 _HEADER = struct.Struct("!BBHII")
 _SEQ = struct.Struct("!H")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
+PADDING_SIZE = 255
+"""Bytes of one padding-only probe packet's payload (the most the count byte allows)."""
+_PADDING = bytes(PADDING_SIZE - 1) + bytes((PADDING_SIZE,))
 
 SendRtp = Callable[[bytes], None]
 
@@ -83,6 +86,7 @@ class Consumer:
         self._send_rtp = send_rtp
         self._munger = RtpMunger(secrets.randbits(16), secrets.randbits(32))
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
+        self._at_frame_boundary = False
         self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
 
     @property
@@ -199,6 +203,7 @@ class Consumer:
             _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc) + payload
         )
         self._cache[out_seq & _SEQ_MASK] = packet
+        self._at_frame_boundary = marker_bit != 0
         self.packets_sent += 1
         self.octets_sent += len(payload)
         if self.first_forwarded_at is None:
@@ -217,19 +222,33 @@ class Consumer:
         self.retransmissions += sent
         return sent
 
-    def probe_packets(self, count: int) -> list[bytes]:
-        """Recently sent packets to send again as bandwidth probes (the subscriber drops
-        the duplicates; its transport-wide feedback still measures them)."""
-        if self.packets_sent == 0:
+    def padding_packets(self, count: int) -> list[bytes]:
+        """``count`` padding-only RTP packets (RFC 3550 section 5.1, P bit) for
+        bandwidth probing, numbered right after the last forwarded packet.
+
+        Only at a frame boundary (the last forwarded packet had the marker bit), so no
+        frame is split; later media packets are numbered after them. Empty when the
+        consumer is not forwarding video. Padding cannot be a copy of sent media: the
+        subscriber's SRTP replay check would drop duplicates before its congestion
+        controller saw them.
+        """
+        if (
+            self.kind != "video"
+            or not self.active
+            or self.paused
+            or self.needs_key_frame
+            or not self._at_frame_boundary
+        ):
             return []
-        last = self._munger.last_sequence_number
-        packets = []
-        for back in range(count):
-            packet = self._cache[(last - back) & _SEQ_MASK]
-            if packet is None:
-                break
-            packets.append(packet)
-        return packets
+        reserved = self._munger.reserve(count)
+        if reserved is None:
+            return []
+        first, timestamp = reserved
+        return [
+            _HEADER.pack(0xA0, self.payload_type, (first + i) & 0xFFFF, timestamp, self.ssrc)
+            + _PADDING
+            for i in range(count)
+        ]
 
     def sender_report(self, now: float) -> SenderReport | None:
         """An SR translated from the publisher's SR of the current layer (lip sync

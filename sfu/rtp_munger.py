@@ -169,6 +169,18 @@ class RtpMunger:
                 self._trim(ext_seq)
         return out_seq & _SEQ_MASK, out_ts
 
+    def reserve(self, count: int) -> tuple[int, int] | None:
+        """Number ``count`` packets the forwarder inserts itself (padding probes) right
+        after the newest forwarded packet: returns the first of their sequence numbers
+        and the newest packet's timestamp, and shifts the source packets still to come
+        up by ``count``. None before anything was forwarded."""
+        if not self._forwarded:
+            return None
+        first = self._last_out_seq + 1
+        self._last_out_seq += count
+        self._seq_offset += count
+        return first & _SEQ_MASK, self._last_out_ts
+
     def drop(self, seq: int, ssrc: int | None = None) -> None:
         """A source packet is intentionally not forwarded: shift later packets down.
 

@@ -239,3 +239,22 @@ def test_receive_statistics_report_loss_jitter_and_lsr():
     assert block.dlsr == 32768
     second = stats.report_block(now=2.0)
     assert second is not None and second.fraction_lost == 0, "the fraction is per interval"
+
+
+async def test_padding_probes_are_numbered_between_frames():
+    sub = Recorder()
+    producer = make_producer()
+    consumer = make_consumer(producer, sub)
+    feed(producer, 10, 3000, VP8_KEY)
+    assert consumer.padding_packets(2) == [], "not in the middle of a frame"
+    feed(producer, 11, 3000, VP8_CONTINUATION, marker=True)
+    padding = consumer.padding_packets(2)
+    feed(producer, 12, 6000, VP8_DELTA)
+    headers = [RtpHeader.parse(p) for p in padding]
+    assert [h.padding for h in headers] == [True, True]
+    assert all(h.ssrc == consumer.ssrc and h.payload_type == 96 for h in headers)
+    media = sub.headers()
+    seqs = [media[1].sequence_number, *(h.sequence_number for h in headers)]
+    seqs.append(media[2].sequence_number)
+    assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2, 3]
+    assert headers[0].timestamp == media[1].timestamp
