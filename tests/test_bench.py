@@ -1,12 +1,14 @@
-"""The forwarding benchmark: clip cache round trip, SDP answer shape, a short real run."""
+"""The forwarding benchmark: clip cache round trip, SDP shapes, short real runs."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from aiortc.rtcdtlstransport import RTCCertificate
 
 from sfu.bench import runner
+from sfu.bench.loadgen import SubscriberCounters
 from sfu.bench.media import (
     Clip,
     ClipPacket,
@@ -15,11 +17,12 @@ from sfu.bench.media import (
     synthetic_audio,
     write_packets,
 )
-from sfu.bench.participants import create_recvonly_answer
+from sfu.bench.participants import BenchPublisher, create_recvonly_answer
 from sfu.sdp import (
     LocalTransport,
     OutgoingMedia,
     SessionDescription,
+    create_publish_answer,
     create_subscribe_offer,
     default_outgoing_codecs,
     parse_subscribe_answer,
@@ -98,6 +101,41 @@ def test_recvonly_answer_fits_the_servers_offer():
     assert parsed.transport(parsed.media[0]).setup == "active"
 
 
+def test_simulcast_publisher_offers_three_rids_like_chrome():
+    clip = Clip.from_packets(_packets(), 90000)
+    publisher = BenchPublisher(
+        "ws://unused", "token", RTCCertificate.generateCertificate(), [clip] * 3, synthetic_audio()
+    )
+    offer = SessionDescription.parse(str(publisher._offer(_local("bench"))))
+    video, audio = offer.media
+    assert [(rid.id, rid.direction) for rid in video.rids] == [
+        ("q", "send"),
+        ("h", "send"),
+        ("f", "send"),
+    ]
+    assert video.simulcast is not None and video.simulcast.send == [["q"], ["h"], ["f"]]
+    assert not video.ssrcs
+    assert audio.ssrcs and not audio.rids
+    _, published = create_publish_answer(offer, _local("server"))
+    assert published[0].rids == ["q", "h", "f"]
+    assert len({layer.ssrc for layer in publisher.video}) == 3
+
+
+def test_layer_mix_averages_by_cap():
+    start = [SubscriberCounters(0, 10, 1000), SubscriberCounters(0, 20, 2000)]
+    start.append(SubscriberCounters(2, 0, 0))
+    end = [SubscriberCounters(0, 30, 3000), SubscriberCounters(0, 60, 6000)]
+    end.append(SubscriberCounters(2, 100, 250_000))
+    mix = runner.layer_mix(start, end, 2.0)
+    assert [(m.max_spatial_layer, m.subscribers) for m in mix] == [(0, 2), (2, 1)]
+    assert mix[0].packets_per_second == pytest.approx(15)
+    assert mix[1].megabits_per_second == pytest.approx(1.0)
+    assert (
+        runner.layer_mix([SubscriberCounters(None, 0, 0)], [SubscriberCounters(None, 5, 5)], 1)
+        == []
+    )
+
+
 def test_scenario_parse():
     assert runner.Scenario.parse("4x4") == runner.Scenario(4, 4)
     with pytest.raises(Exception, match="PUBLISHERSxSUBSCRIBERS"):
@@ -113,6 +151,7 @@ def test_short_run_against_a_spawned_server(capsys):
     assert header.split() == [
         "publishers",
         "subscribers",
+        "mode",
         "packets",
         "in/s",
         "packets",
@@ -124,9 +163,9 @@ def test_short_run_against_a_spawned_server(capsys):
         "loss",
         "%",
     ]
-    publishers, subscribers, pps_in, pps_out, cpu, us_per_packet, loss = row.split()
+    publishers, subscribers, mode, pps_in, pps_out, cpu, us_per_packet, loss = row.split()
     assert float(cpu) > 0
-    assert (publishers, subscribers) == ("1", "2")
+    assert (publishers, subscribers, mode) == ("1", "2", "plain")
     assert float(pps_in) > 100
     assert float(pps_out) > 0
     assert float(us_per_packet) > 0
@@ -134,10 +173,28 @@ def test_short_run_against_a_spawned_server(capsys):
     assert command == "command: python -m sfu.bench --scenario 1x2 --duration 3 --warmup 1"
 
 
+def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
+    status = runner.main(
+        ["--simulcast", "--scenario", "1x3", "--duration", "3", "--warmup", "1", "--json"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    (result,) = json.loads(out)["results"]
+    assert result["mode"] == "simulcast"
+    assert [clip["width"] for clip in json.loads(out)["clips"]] == [160, 320, 640]
+    mix = result["layer_mix"]
+    assert [(m["max_spatial_layer"], m["subscribers"]) for m in mix] == [(0, 1), (1, 1), (2, 1)]
+    assert all(m["packets_per_second"] > 10 for m in mix)
+    assert mix[0]["megabits_per_second"] < mix[2]["megabits_per_second"] / 2
+    assert result["packets_in_per_second"] > 200  # the three layers together
+    assert result["loss_percent"] < 5
+
+
 def test_json_output(capsys, monkeypatch):
     result = runner.ScenarioResult(
         publishers=1,
         subscribers=2,
+        mode="plain",
         duration=3.0,
         packets_in_per_second=300,
         packets_out_per_second=600,
@@ -149,6 +206,7 @@ def test_json_output(capsys, monkeypatch):
         loss_percent=0,
         load_generator_cpu_percent=10,
         key_frame_requests=1,
+        layer_mix=[],
     )
     monkeypatch.setattr(runner, "run_scenario", lambda *args: result)
     status = runner.main(["--server", "http://127.0.0.1:1", "--json", "--duration", "1"])

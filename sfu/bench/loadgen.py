@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import uvloop
 from aiortc.rtcdtlstransport import RTCCertificate
@@ -30,6 +30,8 @@ CLOSE_TIMEOUT = 5.0
 class ParticipantSpec:
     role: Literal["publisher", "subscriber"]
     token: str
+    max_spatial_layer: int | None = None
+    """A subscriber's cap on the simulcast layer of every video track it receives."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,18 @@ class LoadSpec:
 
     ws_url: str
     participants: list[ParticipantSpec]
-    clip: ClipParameters
+    clips: tuple[ClipParameters, ...]
+    """The video clip of every publisher, or one per simulcast layer (lowest first)."""
     audio: bool
     ice_address: str
+
+
+class SubscriberCounters(NamedTuple):
+    """What one subscriber received so far, over all its tracks."""
+
+    max_spatial_layer: int | None
+    packets_received: int
+    bytes_received: int
 
 
 @dataclass
@@ -61,6 +72,8 @@ class LoadStats:
     packets_expected: int = 0
     """Sum over the received SSRCs of (highest - first sequence number + 1)."""
     key_frame_requests: int = 0
+    subscriber_counters: list[SubscriberCounters] = field(default_factory=list)
+    """One per subscriber, in the same order in every sample."""
     errors: list[str] = field(default_factory=list)
     join_latencies: list[float] = field(default_factory=list)
     """Seconds from socket open to ``joined``, one per participant that joined."""
@@ -95,7 +108,7 @@ class _LoadGenerator:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         certificate = RTCCertificate.generateCertificate()
-        video = load_clip(self.spec.clip)
+        video = [load_clip(params) for params in self.spec.clips]
         audio = synthetic_audio() if self.spec.audio else None
         for participant in self.spec.participants:
             if participant.role == "publisher":
@@ -104,7 +117,12 @@ class _LoadGenerator:
                 )
             else:
                 self.subscribers.append(
-                    BenchSubscriber(self.spec.ws_url, participant.token, certificate)
+                    BenchSubscriber(
+                        self.spec.ws_url,
+                        participant.token,
+                        certificate,
+                        participant.max_spatial_layer,
+                    )
                 )
         everyone = [*self.publishers, *self.subscribers]
         tasks = [asyncio.create_task(p.run()) for p in everyone]
@@ -157,8 +175,14 @@ class _LoadGenerator:
             stats.key_frame_requests += publisher.key_frame_requests
         for subscriber in self.subscribers:
             stats.tracks_receiving += subscriber.tracks_receiving
+            packets = octets = 0
             for stream in subscriber.streams.values():
-                stats.packets_received += stream.packets_received
-                stats.bytes_received += stream.bytes_received
+                packets += stream.packets_received
+                octets += stream.bytes_received
                 stats.packets_expected += stream.packets_expected
+            stats.packets_received += packets
+            stats.bytes_received += octets
+            stats.subscriber_counters.append(
+                SubscriberCounters(subscriber.max_spatial_layer, packets, octets)
+            )
         return stats

@@ -165,7 +165,7 @@ def run_load_test(
         warmup=args.warmup,
         processes=args.processes,
         audio=args.audio,
-        clip=ClipParameters(bitrate=args.bitrate * 1000),
+        clips=(ClipParameters(bitrate=args.bitrate * 1000),),
         ice_address=args.ice_address,
     )
     credentials = {

@@ -1,4 +1,4 @@
-"""Pre-encoded media for the benchmark: a VP8 clip encoded once, cached, replayed forever.
+"""Pre-encoded media for the benchmark: VP8 clips encoded once, cached, replayed forever.
 
 The clip is a synthetic moving pattern (a scrolling block texture with a band of fresh
 noise on top, so every delta frame has a steady residual) encoded with libvpx through
@@ -6,7 +6,8 @@ PyAV and packetized with aiortc's VP8 packetizer. aiortc's ``Vp8Encoder.encode``
 bitrate at 1.5 Mbit/s, so the encoder context is driven directly with aiortc's
 real-time settings and a higher target. The result is a list of
 ``(RTP payload, marker, timestamp delta)`` cached under ``~/.cache/pysfu-bench/`` in a
-file named after the encoding parameters.
+file named after the encoding parameters. A simulcast publisher replays the three
+:data:`SIMULCAST_CLIPS`, encoded and cached the same way.
 
 :class:`Replay` loops a clip (or the synthetic Opus-like audio of
 :func:`synthetic_audio`) frame by frame; the publisher assigns continuous sequence
@@ -45,7 +46,9 @@ _FLAG_KEY_FRAME = 0x02
 """Set on the first packet of a key frame."""
 _TEXTURE_SIZE = 1024
 _TEXTURE_BLOCK = 4
-_FRESH_NOISE_ROWS = 48
+_FRESH_NOISE_SHARE = 10
+"""The band of fresh noise covers the top 1/10 of the rows (48 at 480), so smaller
+layers need proportionally fewer bits."""
 _SEED = 20240601
 
 
@@ -67,6 +70,14 @@ class ClipParameters:
             f"vp8-{self.width}x{self.height}-{self.fps}fps-{self.bitrate // 1000}kbps"
             f"-kf{self.key_frame_interval}-{self.frames}f-v{FORMAT_VERSION}.bin"
         )
+
+
+SIMULCAST_CLIPS = (
+    ClipParameters(width=160, height=120, bitrate=150_000),
+    ClipParameters(width=320, height=240, bitrate=500_000),
+    ClipParameters(width=640, height=480, bitrate=1_700_000),
+)
+"""The clips of a simulcast publisher's three layers, lowest first (RIDs q, h, f)."""
 
 
 class ClipPacket(NamedTuple):
@@ -188,11 +199,12 @@ def _frames(params: ClipParameters) -> list[av.VideoFrame]:
     chroma = bytes([128]) * (params.width * params.height // 4)
     time_base = fractions.Fraction(1, params.fps)
     size = _TEXTURE_SIZE
+    noise_rows = params.height // _FRESH_NOISE_SHARE
     frames = []
     for index in range(params.frames):
         rows = []
         for y in range(params.height):
-            if y < _FRESH_NOISE_ROWS:
+            if y < noise_rows:
                 rows.append(rng.randbytes(params.width))
             else:
                 start = ((y + index * 4) % size) * size + (index * 6) % (size - params.width)
@@ -211,8 +223,8 @@ def encode_packets(params: ClipParameters) -> list[ClipPacket]:
     """Encode the synthetic pattern to VP8 RTP payloads (takes seconds of CPU)."""
     if params.width % 2 or params.height % 2:
         raise ValueError("width and height must be even")
-    if params.width > _TEXTURE_SIZE or params.height < _FRESH_NOISE_ROWS:
-        raise ValueError(f"the synthetic pattern needs {_FRESH_NOISE_ROWS}..1024 rows")
+    if params.width > _TEXTURE_SIZE or params.height < _FRESH_NOISE_SHARE:
+        raise ValueError(f"the synthetic pattern needs {_FRESH_NOISE_SHARE}..1024 rows")
     codec = av.CodecContext.create("libvpx", "w")
     codec.width = params.width
     codec.height = params.height

@@ -7,10 +7,13 @@ signaling protocol, negotiate with hand-built SDP, and send or count SRTP packet
 - :class:`BenchPublisher` offers one VP8 video m-line (and optionally one Opus audio
   m-line) as sendonly with the ``sdes:mid`` header extension, replays the pre-encoded
   clip in real time, sends sender reports and answers a PLI by skipping to the clip's
-  next key frame.
+  next key frame. Given three clips it publishes them as simulcast layers the way
+  Chrome does: RIDs ``q``/``h``/``f`` in ``a=rid`` and ``a=simulcast`` instead of
+  ``a=ssrc`` lines, and MID and RID header extensions in every packet.
 - :class:`BenchSubscriber` answers every subscribe offer with a recvonly answer built
   from the offer, counts packets, bytes and sequence gaps per SSRC and sends receiver
-  reports.
+  reports; given a maximum spatial layer it asks the SFU for at most that layer of
+  every video track (``track_settings``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -39,16 +42,19 @@ from sfu.protocol import (
     SubscribeAnswerMessage,
     SubscribeOfferMessage,
     TrackInfo,
+    TrackSettingsMessage,
 )
 from sfu.rtp import rtcp
-from sfu.rtp.extensions import SDES_MID, TRANSPORT_WIDE_CC, encode_sdes
+from sfu.rtp.extensions import SDES_MID, SDES_RTP_STREAM_ID, TRANSPORT_WIDE_CC, encode_sdes
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.sdp import (
     HeaderExtension,
     LocalTransport,
     MediaSection,
     OutgoingMedia,
+    Rid,
     SessionDescription,
+    Simulcast,
     TransportInfo,
     create_subscribe_offer,
     default_outgoing_codecs,
@@ -63,6 +69,9 @@ MAX_LAG = 0.5
 """Seconds a sender may fall behind its real-time schedule before it stops catching up
 (a real sender would have dropped those frames, not burst them)."""
 MID_EXTENSION_ID = 1
+RID_EXTENSION_ID = 2
+SIMULCAST_RIDS = ("q", "h", "f")
+"""The RIDs of simulcast layers, lowest first (as the SFU and Chrome name them)."""
 CONNECT_TIMEOUT = 30.0
 
 _HEADER = struct.Struct("!BBHII")
@@ -206,11 +215,13 @@ class _Participant:
 class _TrackSender:
     """One outgoing RTP stream: a replayed clip with continuous sequence and timestamps."""
 
-    def __init__(self, clip: Clip, payload_type: int, mid: str) -> None:
+    def __init__(self, clip: Clip, payload_type: int, mid: str, rid: str | None = None) -> None:
         self.replay = Replay(clip)
         self.clock_rate = clip.clock_rate
         self.payload_type = payload_type
         self.mid = mid
+        self.rid = rid
+        """The simulcast layer's RID; None for a track sent without simulcast."""
         self.ssrc = secrets.randbits(32) or 1
         self.sequence = secrets.randbits(16)
         self.timestamp = secrets.randbits(32)
@@ -219,12 +230,18 @@ class _TrackSender:
         self._extension = b""
         self._last_frame_time = 0.0
 
-    def set_mid_extension(self, extension_id: int) -> None:
-        """Put the MID in every packet, as a one-byte RFC 8285 extension."""
-        value = encode_sdes(self.mid)
-        element = bytes([(extension_id << 4) | (len(value) - 1)]) + value
+    def set_sdes_extensions(self, mid_id: int | None, rid_id: int | None) -> None:
+        """Put the MID and the RID (of a simulcast layer) in every packet, as one-byte
+        RFC 8285 extensions with the negotiated ids (None: not negotiated)."""
+        element = b""
+        for extension_id, text in ((mid_id, self.mid), (rid_id, self.rid)):
+            if extension_id is not None and text is not None:
+                value = encode_sdes(text)
+                element += bytes([(extension_id << 4) | (len(value) - 1)]) + value
         element += bytes(-len(element) % 4)
-        self._extension = struct.pack("!HH", 0xBEDE, len(element) // 4) + element
+        self._extension = (
+            struct.pack("!HH", 0xBEDE, len(element) // 4) + element if element else b""
+        )
 
     async def run(self, send_rtp: Callable[[bytes], None]) -> None:
         """Send frames paced by their timestamps, forever."""
@@ -268,23 +285,43 @@ class _TrackSender:
 
 
 class BenchPublisher(_Participant):
-    """Publishes the pre-encoded VP8 clip (and optionally synthetic audio)."""
+    """Publishes the pre-encoded VP8 clip (and optionally synthetic audio).
+
+    ``video`` holds one clip, or one per simulcast layer (lowest first, at most three),
+    all sent on one m-line.
+    """
 
     def __init__(
         self,
         url: str,
         token: str,
         certificate: RTCCertificate,
-        video: Clip,
+        video: Sequence[Clip],
         audio: Clip | None = None,
     ) -> None:
         super().__init__(url, token, certificate)
-        self.video = _TrackSender(video, payload_type=96, mid="0")
-        self.tracks = [self.video]
-        if audio is not None:
-            self.tracks.append(_TrackSender(audio, payload_type=111, mid="1"))
+        if not 1 <= len(video) <= len(SIMULCAST_RIDS):
+            raise ValueError(f"expected 1..{len(SIMULCAST_RIDS)} video clips, got {len(video)}")
+        rids = SIMULCAST_RIDS[: len(video)] if len(video) > 1 else (None,)
+        self.video = [
+            _TrackSender(clip, payload_type=96, mid="0", rid=rid)
+            for clip, rid in zip(video, rids, strict=True)
+        ]
+        """The video layers, lowest first (one without simulcast)."""
+        self.audio = None if audio is None else _TrackSender(audio, payload_type=111, mid="1")
+        self.tracks = [*self.video, *([] if self.audio is None else [self.audio])]
+        """Every outgoing RTP stream."""
         self.connected = False
         self.key_frame_requests = 0
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.video) > 1
+
+    @property
+    def m_lines(self) -> list[_TrackSender]:
+        """The sender standing for each m-line: the lowest video layer, then audio."""
+        return [self.video[0], *([] if self.audio is None else [self.audio])]
 
     @property
     def packets_sent(self) -> int:
@@ -297,17 +334,20 @@ class BenchPublisher(_Participant):
     def _offer(self, local: LocalTransport) -> SessionDescription:
         media = []
         cname = secrets.token_hex(8)
-        for track in self.tracks:
-            kind = "video" if track is self.video else "audio"
+        for track in self.m_lines:
+            kind = "audio" if track is self.audio else "video"
             codecs = [
                 c for c in default_outgoing_codecs(kind) if c.payload_type == track.payload_type
             ]
+            extensions = [HeaderExtension(MID_EXTENSION_ID, SDES_MID)]
+            if track.rid is not None:
+                extensions.append(HeaderExtension(RID_EXTENSION_ID, SDES_RTP_STREAM_ID))
             media.append(
                 OutgoingMedia(
                     mid=track.mid,
                     kind=kind,
                     codecs=codecs,
-                    header_extensions=[HeaderExtension(MID_EXTENSION_ID, SDES_MID)],
+                    header_extensions=extensions,
                     ssrc=track.ssrc,
                     rtx_ssrc=None,
                     cname=cname,
@@ -316,7 +356,15 @@ class BenchPublisher(_Participant):
                 )
             )
         # A publisher's offer has exactly the shape of the SFU's subscribe offer.
-        return create_subscribe_offer(local, media, secrets.randbits(62), 1)
+        offer = create_subscribe_offer(local, media, secrets.randbits(62), 1)
+        if self.simulcast:
+            # Like Chrome: the layers are announced by RID, their SSRCs are not signaled.
+            section = offer.media[0]
+            rids = [layer.rid for layer in self.video if layer.rid is not None]
+            section.ssrcs = {}
+            section.rids = [Rid(rid, "send") for rid in rids]
+            section.simulcast = Simulcast(send=[[rid] for rid in rids])
+        return offer
 
     async def _negotiate(self) -> None:
         self.session = self._new_session(ice_controlling=True)
@@ -326,8 +374,8 @@ class BenchPublisher(_Participant):
             PublishOfferMessage(
                 sdp=str(offer),
                 tracks={
-                    track.mid: TrackInfo(source="camera" if track is self.video else "microphone")
-                    for track in self.tracks
+                    track.mid: TrackInfo(source="microphone" if track is self.audio else "camera")
+                    for track in self.m_lines
                 },
             )
         )
@@ -337,9 +385,10 @@ class BenchPublisher(_Participant):
             section = answer.media_by_mid(track.mid)
             if section is None or section.rejected:
                 raise BenchError(f"the SFU rejected the {track.mid!r} m-line")
-            extension_id = section.header_extension_ids().get(SDES_MID)
-            if extension_id is not None:
-                track.set_mid_extension(extension_id)
+            ids = section.header_extension_ids()
+            if track.rid is not None and SDES_RTP_STREAM_ID not in ids:
+                raise BenchError("the SFU did not accept the RID header extension")
+            track.set_sdes_extensions(ids.get(SDES_MID), ids.get(SDES_RTP_STREAM_ID))
         await _connect_session(self.session, answer.transport(answer.media[0]))
         self.connected = True
         self._media_started()
@@ -361,9 +410,16 @@ class BenchPublisher(_Participant):
         except ValueError:
             return
         for packet in packets:
-            if isinstance(packet, rtcp.PictureLossIndication | rtcp.FullIntraRequest):
-                self.key_frame_requests += 1
-                self.video.replay.skip_to_key_frame()
+            if isinstance(packet, rtcp.PictureLossIndication):
+                ssrcs = [packet.media_ssrc]
+            elif isinstance(packet, rtcp.FullIntraRequest):
+                ssrcs = [ssrc for ssrc, _ in packet.entries]
+            else:
+                continue
+            self.key_frame_requests += 1
+            for layer in self.video:
+                if layer.ssrc in ssrcs:
+                    layer.replay.skip_to_key_frame()
 
 
 def create_recvonly_answer(
@@ -412,10 +468,22 @@ def create_recvonly_answer(
 
 
 class BenchSubscriber(_Participant):
-    """Receives every track of the room and counts what arrives."""
+    """Receives every track of the room and counts what arrives.
 
-    def __init__(self, url: str, token: str, certificate: RTCCertificate) -> None:
+    With ``max_spatial_layer`` it caps every video track it is offered at that
+    simulcast layer (0 = lowest) once it has answered the offer.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        certificate: RTCCertificate,
+        max_spatial_layer: int | None = None,
+    ) -> None:
         super().__init__(url, token, certificate)
+        self.max_spatial_layer = max_spatial_layer
+        self._capped_tracks: set[str] = set()
         self.streams: dict[int, ReceiveStatistics] = {}
         """Receive statistics by SSRC, for every SSRC that sent a packet."""
         self.expected_ssrcs: set[int] = set()
@@ -449,6 +517,15 @@ class BenchSubscriber(_Participant):
                 self._clock_rates[ssrc] = section.codecs[0].clock_rate
         self.expected_ssrcs = expected
         await self._send(SubscribeAnswerMessage(sdp=str(answer), revision=offer_message.revision))
+        if self.max_spatial_layer is not None:
+            for track in offer_message.tracks.values():
+                if track.kind == "video" and track.track_id not in self._capped_tracks:
+                    self._capped_tracks.add(track.track_id)
+                    await self._send(
+                        TrackSettingsMessage(
+                            track_id=track.track_id, max_spatial_layer=self.max_spatial_layer
+                        )
+                    )
         if not self._connecting and offer.media:
             self._connecting = True
             self._start(self._connect(offer.transport(offer.media[0])))

@@ -4,7 +4,12 @@ For each scenario (``PxS``: P publishers, S subscribers, every subscriber receiv
 every publisher) the runner starts load-generator processes, waits until media flows
 on every track, lets it settle, then measures over ``--duration`` seconds:
 
-- packets in/s: what the publishers sent (what reached the server, on loopback);
+- mode: ``plain`` (one VP8 stream per publisher) or, with ``--simulcast``,
+  ``simulcast``: every publisher sends three layers (160x120, 320x240, 640x480) and
+  subscriber *i* caps every video track at layer ``i % 3``, so the subscribers are
+  spread over all three layers (the JSON output has their "layer mix");
+- packets in/s: what the publishers sent (what reached the server, on loopback; every
+  simulcast layer counts);
 - packets out/s: what the subscribers received;
 - server CPU %: user + system time of the server process (all its threads) from
   ``/proc/<pid>/stat``, as a percentage of one core;
@@ -42,8 +47,14 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from sfu.bench.loadgen import LoadSpec, LoadStats, ParticipantSpec, run_load_generator
-from sfu.bench.media import Clip, ClipParameters, is_cached, load_clip
+from sfu.bench.loadgen import (
+    LoadSpec,
+    LoadStats,
+    ParticipantSpec,
+    SubscriberCounters,
+    run_load_generator,
+)
+from sfu.bench.media import SIMULCAST_CLIPS, Clip, ClipParameters, is_cached, load_clip
 from sfu.config import Settings
 from signaling.auth import mint_token
 
@@ -84,11 +95,25 @@ class Scenario:
 
 
 @dataclass
+class LayerMix:
+    """The subscribers capped at one simulcast layer, and what each received on average."""
+
+    max_spatial_layer: int
+    subscribers: int
+    packets_per_second: float
+    """Per subscriber, all its tracks together."""
+    megabits_per_second: float
+    """Per subscriber, all its tracks together."""
+
+
+@dataclass
 class ScenarioResult:
     """What one scenario measured; rates are per second over ``duration``."""
 
     publishers: int
     subscribers: int
+    mode: str
+    """``plain`` or ``simulcast``."""
     duration: float
     packets_in_per_second: float
     packets_out_per_second: float
@@ -106,6 +131,8 @@ class ScenarioResult:
     """Of one core, all load-generator processes together."""
     key_frame_requests: int
     """PLIs/FIRs the publishers received during the measurement."""
+    layer_mix: list[LayerMix]
+    """By simulcast layer cap, lowest first; empty in plain mode."""
 
 
 class CpuTimes(NamedTuple):
@@ -331,8 +358,13 @@ class Options:
     warmup: float
     processes: int
     audio: bool
-    clip: ClipParameters
+    clips: tuple[ClipParameters, ...]
+    """The publishers' video clip, or one per simulcast layer (lowest first)."""
     ice_address: str
+
+    @property
+    def mode(self) -> str:
+        return "simulcast" if len(self.clips) > 1 else "plain"
 
 
 def _load_specs(
@@ -350,17 +382,19 @@ def _load_specs(
             can_subscribe=not publisher,
         )
 
+    layers = len(options.clips)
     participants = [
         ParticipantSpec("publisher", token(f"pub-{i}", True)) for i in range(scenario.publishers)
     ] + [
-        ParticipantSpec("subscriber", token(f"sub-{i}", False)) for i in range(scenario.subscribers)
+        ParticipantSpec("subscriber", token(f"sub-{i}", False), i % layers if layers > 1 else None)
+        for i in range(scenario.subscribers)
     ]
     count = max(1, min(options.processes, len(participants)))
     return [
         LoadSpec(
             ws_url=_websocket_url(server.url),
             participants=participants[i::count],
-            clip=options.clip,
+            clips=options.clips,
             audio=options.audio,
             ice_address=options.ice_address,
         )
@@ -407,6 +441,30 @@ def _cpu_percent(later: _Sample, earlier: _Sample) -> float | None:
     if later.server_cpu is None or earlier.server_cpu is None:
         return None
     return 100 * (later.server_cpu.total - earlier.server_cpu.total) / (later.time - earlier.time)
+
+
+def layer_mix(
+    start: Sequence[SubscriberCounters], end: Sequence[SubscriberCounters], elapsed: float
+) -> list[LayerMix]:
+    """Average receive rates of the subscribers by layer cap (uncapped ones left out)."""
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for before, after in zip(start, end, strict=True):
+        if after.max_spatial_layer is not None:
+            by_layer.setdefault(after.max_spatial_layer, []).append(
+                (
+                    after.packets_received - before.packets_received,
+                    after.bytes_received - before.bytes_received,
+                )
+            )
+    return [
+        LayerMix(
+            max_spatial_layer=layer,
+            subscribers=len(counts),
+            packets_per_second=sum(p for p, _ in counts) / len(counts) / elapsed,
+            megabits_per_second=sum(b for _, b in counts) * 8 / 1e6 / len(counts) / elapsed,
+        )
+        for layer, counts in sorted(by_layer.items())
+    ]
 
 
 def _measure(
@@ -460,6 +518,7 @@ def run_scenario(
     return ScenarioResult(
         publishers=scenario.publishers,
         subscribers=scenario.subscribers,
+        mode=options.mode,
         duration=round(elapsed, 3),
         packets_in_per_second=_rate(end, start, "packets_sent"),
         packets_out_per_second=packets_out / elapsed,
@@ -475,6 +534,9 @@ def run_scenario(
         * (end.stats.cpu_seconds - start.stats.cpu_seconds)
         / elapsed,
         key_frame_requests=end.stats.key_frame_requests - start.stats.key_frame_requests,
+        layer_mix=layer_mix(
+            start.stats.subscriber_counters, end.stats.subscriber_counters, elapsed
+        ),
     )
 
 
@@ -483,6 +545,7 @@ def run_scenario(
 _COLUMNS = (
     ("publishers", "{:d}"),
     ("subscribers", "{:d}"),
+    ("mode", "{}"),
     ("packets in/s", "{:.0f}"),
     ("packets out/s", "{:.0f}"),
     ("server CPU %", "{:.1f}"),
@@ -498,6 +561,7 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
         values = (
             r.publishers,
             r.subscribers,
+            r.mode,
             r.packets_in_per_second,
             r.packets_out_per_second,
             r.server_cpu_percent,
@@ -556,7 +620,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--audio", action="store_true", help="publishers add a 50 pps audio track")
     parser.add_argument(
-        "--bitrate", type=int, default=3000, help="video bitrate in kbit/s (default 3000)"
+        "--bitrate",
+        type=int,
+        default=3000,
+        help="video bitrate in kbit/s without --simulcast (default 3000)",
+    )
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publishers send three layers (~150 kbit/s, ~500 kbit/s, ~1.7 Mbit/s);"
+        " subscriber i receives at most layer i %% 3",
     )
     parser.add_argument(
         "--ice-address",
@@ -585,13 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         processes=args.processes,
         audio=args.audio,
-        clip=ClipParameters(bitrate=args.bitrate * 1000),
+        clips=SIMULCAST_CLIPS if args.simulcast else (ClipParameters(bitrate=args.bitrate * 1000),),
         ice_address=args.ice_address,
     )
     command = shlex.join(["python", "-m", "sfu.bench", *args_list])
     progress = _Progress(sys.stderr)
     try:
-        clip = _clip(options.clip, sys.stderr)
+        clips = [_clip(params, sys.stderr) for params in options.clips]
         with contextlib.ExitStack() as stack:
             if args.server:
                 server = _Server(args.server.rstrip("/"), args.server_pid)
@@ -617,11 +690,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         report = {
             "command": command,
-            "clip": {
-                **asdict(options.clip),
-                "packets_per_second": clip.packets_per_second,
-                "megabits_per_second": clip.bits_per_second / 1e6,
-            },
+            "clips": [
+                {
+                    **asdict(params),
+                    "packets_per_second": clip.packets_per_second,
+                    "megabits_per_second": clip.bits_per_second / 1e6,
+                }
+                for params, clip in zip(options.clips, clips, strict=True)
+            ],
             "results": [asdict(r) for r in results],
         }
         print(json.dumps(report, indent=2))
