@@ -754,7 +754,7 @@ class Participant:
         rate = self._bwe.wants_probe(now, self._probe_target)
         if rate <= 0:
             return
-        count = min(MAX_PROBE_PACKETS, int(rate * elapsed / 8 / (PADDING_SIZE + 12)))
+        count = min(MAX_PROBE_PACKETS, int(rate * elapsed / (PADDING_SIZE + 12)))
         for consumer in self.consumers():
             packets = consumer.padding_packets(count)
             if packets:
