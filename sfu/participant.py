@@ -91,8 +91,9 @@ RTCP_MAX_PACKET = 1200
 """Largest compound RTCP packet the SFU sends."""
 OUTGOING_TRANSPORT_CC_ID = 3
 """Header extension id of the transport-wide sequence number in subscribe offers."""
-UNKNOWN_ESTIMATE = 10_000_000
-"""Bits/s assumed for a subscriber that sends no bandwidth feedback at all."""
+UNKNOWN_ESTIMATE = 1_000_000_000
+"""Bits/s assumed for a subscriber that sends no bandwidth feedback at all: only its own
+preferences limit what it gets."""
 MAX_PROBE_PACKETS = 40
 """Padding packets sent at most per tick (about 2 Mbit/s at the 50 ms tick)."""
 

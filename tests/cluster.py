@@ -132,9 +132,12 @@ class Cluster:
             "SFU_HOST": "127.0.0.1",
         }
         self.redis = self._start_redis()
+        self.metrics_ports = {f"w{i}": free_port() for i in range(workers)}
         self.workers = {
-            f"w{i}": self._process(f"w{i}", ["worker", "--worker-id", f"w{i}"])
-            for i in range(workers)
+            name: self._process(
+                name, ["worker", "--worker-id", name], {"SFU_METRICS_PORT": str(port)}
+            )
+            for name, port in self.metrics_ports.items()
         }
         self.node_ports = [free_port() for _ in range(nodes)]
         self.nodes = [
@@ -167,8 +170,10 @@ class Cluster:
     def node_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.node_ports]
 
-    def _process(self, name: str, args: list[str]) -> Process:
-        return Process(name, [sys.executable, "-m", "sfu", *args], self.log_dir, self.env)
+    def _process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+        return Process(
+            name, [sys.executable, "-m", "sfu", *args], self.log_dir, {**self.env, **(env or {})}
+        )
 
     def _start_redis(self) -> Process:
         redis = Process(

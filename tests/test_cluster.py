@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -220,6 +221,15 @@ async def test_room_exchanges_media_and_is_administered(deployment, clients):
         while not c.closed:
             await asyncio.sleep(0.05)
     assert c.reconnects == 0, "a removed participant must not come back"
+
+
+def test_every_worker_process_serves_metrics(cluster):
+    for name, port in cluster.metrics_ports.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "sfu_rooms" in text and "process_cpu_seconds_total" in text, name
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
 
 
 def test_admin_api_requires_the_api_key(deployment):

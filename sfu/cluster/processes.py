@@ -23,6 +23,8 @@ from sfu.cluster.router import ClusterRouter
 from sfu.cluster.rpc import RpcClient
 from sfu.cluster.worker_service import WorkerService
 from sfu.config import Settings
+from sfu.metrics import WorkerMetrics
+from sfu.metrics.http import metrics_server
 from sfu.protocol import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ async def run_worker(settings: Settings) -> None:
     backend = RedisBackend(settings.redis_url)
     service = WorkerService(settings, backend, worker_id)
     await _until_connected(service.start, f"worker {worker_id}")
+    metrics = WorkerMetrics(service.worker)
+    metrics.start()
+    metrics_http = _serve_metrics(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, service.drain)
@@ -86,8 +91,32 @@ async def run_worker(settings: Settings) -> None:
         finished.cancel()
         stopped.cancel()
         logger.info("worker %s stopping", worker_id)
+        if metrics_http is not None:
+            server, task = metrics_http
+            server.should_exit = True
+            await task
+        await metrics.stop()
         await service.stop()
         await backend.close()
+
+
+def _serve_metrics(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
+    """``/metrics`` and ``/healthz`` of a worker process on ``settings.metrics_port``.
+
+    The socket is bound here, not by uvicorn: uvicorn exits the process when its bind
+    fails, and a worker must keep forwarding media with its metrics port taken (it
+    logs the problem instead).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.metrics_port))
+    except OSError as exc:
+        sock.close()
+        logger.warning("no /metrics on port %d: %s", settings.metrics_port, exc)
+        return None
+    server = metrics_server(settings.host, settings.metrics_port)
+    return server, asyncio.create_task(server.serve(sockets=[sock]))
 
 
 async def drain_worker(settings: Settings, worker_id: str, timeout: float | None) -> None:
