@@ -677,6 +677,7 @@ MALFORMED = [
     pytest.param(VIDEO + "a=ssrc:1\n", 7, "ssrc needs", id="ssrc-no-attribute"),
     pytest.param(VIDEO + "a=ssrc-group:FID 1 x\n", 7, "ssrc", id="ssrc-group"),
     pytest.param(VIDEO + "a=ssrc-group:FID\n", 7, "ssrc-group needs", id="ssrc-group-empty"),
+    pytest.param(VIDEO + "a=ssrc-group:\n", 7, "ssrc-group needs", id="ssrc-group-blank"),
     pytest.param(VIDEO + "a=fingerprint:sha-256\n", 7, "fingerprint", id="fingerprint"),
     pytest.param(VIDEO + "a=sctp-port:x\n", 7, "sctp-port", id="sctp-port"),
     pytest.param(VIDEO + "a=mid:1\n", 7, "second a=mid", id="mid-twice"),

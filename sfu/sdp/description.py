@@ -614,7 +614,7 @@ class _Parser:
         section.ssrcs.setdefault(self.ssrc(ssrc_text), {})[name] = value
 
     def parse_ssrc_group(self, section: MediaSection, arg: str) -> None:
-        semantics, *ssrcs = arg.split()
+        semantics, *ssrcs = arg.split() or [""]
         if not _TOKEN.fullmatch(semantics) or not ssrcs:
             raise self.error("ssrc-group needs '<semantics> <ssrc> ...'")
         section.ssrc_groups.append(SsrcGroup(semantics, [self.ssrc(s) for s in ssrcs]))
