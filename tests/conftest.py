@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Fuzz tests draw the same examples on every run unless asked otherwise, so a CI run is
+# reproducible; `HYPOTHESIS_PROFILE=explore` draws fresh ones.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # --- browser tests: markers, the embedded server fixture ---------------------------
 
