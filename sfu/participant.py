@@ -22,6 +22,7 @@ from sfu.allocator import (
     PRIORITY_DEFAULT,
     PRIORITY_SCREEN_SHARE,
     StreamAllocator,
+    TrackAllocationInput,
 )
 from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
 from sfu.bwe.send_side import SendSideBandwidthEstimator
@@ -100,6 +101,17 @@ MAX_PROBE_PACKETS = 40
 _SSRC = struct.Struct("!I")
 _RTX_HEADER = struct.Struct("!BBHII")
 _TWCC_EXTENSION = struct.Struct("!HHBHB")
+
+
+def _video_floor(tracks: list[TrackAllocationInput]) -> int:
+    """The lowest flowing layer of the most important track: a subscriber always gets
+    that much video, however low its estimate (a frozen picture helps nobody; lower
+    priority tracks are paused instead)."""
+    candidates = [t for t in tracks if not t.paused]
+    if not candidates:
+        return 0
+    top = max(candidates, key=lambda t: t.priority)
+    return min((layer.bitrate for layer in top.layers if layer.bitrate > 0), default=0)
 
 
 def _new_id(prefix: str) -> str:
@@ -735,9 +747,8 @@ class Participant:
                 priority += PRIORITY_ACTIVE_SPEAKER
             tracks.append(consumer.allocation_input(priority, now))
         estimate = self.estimated_bitrate
-        allocation = self._allocator.allocate(
-            tracks, estimate if estimate is not None else UNKNOWN_ESTIMATE, now
-        )
+        budget = UNKNOWN_ESTIMATE if estimate is None else max(estimate, _video_floor(tracks))
+        allocation = self._allocator.allocate(tracks, budget, now)
         for consumer in consumers:
             consumer.set_target_layer(allocation.targets.get(consumer.id))
         self._probe_target = 0

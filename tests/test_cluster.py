@@ -489,3 +489,50 @@ def test_drained_worker_exits_when_idle(cluster):
     assert reply == {"worker_id": idle, "draining": True}
     wait_for(lambda: not cluster.workers[idle].running, f"drained worker {idle} to exit", 10)
     assert idle not in {w["worker_id"] for w in cluster.live_workers()}
+
+
+def _open_sockets(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("sfu_websocket_connections "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_killed_signaling_node_tab_resumes_through_the_other(cluster):
+    from browser import chromium_available, chromium_context, decoding_video, page_stats
+
+    if not chromium_available():
+        pytest.skip("needs Chromium at /usr/bin/chromium")
+    room = unique("tab-resume")
+    with chromium_context() as context:
+        publisher = context.new_page()
+        publisher.goto(f"{cluster.lb_url}/?room={room}&name=pub&identity=pub-1")
+        publisher.wait_for_function("() => window.sfu.participantId !== null", timeout=20_000)
+        before = [_open_sockets(url) for url in cluster.node_urls]
+        viewer = context.new_page()
+        viewer.goto(f"{cluster.lb_url}/?room={room}&name=viewer&identity=viewer-1&publish=0")
+        viewer.wait_for_function("() => window.sfu.participantId !== null", timeout=20_000)
+        viewer_id = viewer.evaluate("() => window.sfu.participantId")
+        publisher_id = publisher.evaluate("() => window.sfu.participantId")
+        _wait_tab_decodes(viewer, page_stats, decoding_video, lambda: {publisher_id})
+        after = [_open_sockets(url) for url in cluster.node_urls]
+        node = next(i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a > b)
+
+        cluster.nodes[node].kill()
+        killed = time.monotonic()
+        try:
+            viewer.wait_for_function(
+                "() => (window.sfu.status || '').startsWith('resumed')"
+                " || document.body.innerText.includes('resumed in room')",
+                timeout=20_000,
+            )
+            resumed = time.monotonic() - killed
+            assert viewer.evaluate("() => window.sfu.participantId") == viewer_id
+            # Media never depended on the socket; it still flows, and so do events.
+            frames = decoding_video(page_stats(viewer)).get(publisher_id, 0)
+            _wait_tab_decodes(viewer, page_stats, decoding_video, lambda: {publisher_id})
+            assert decoding_video(page_stats(viewer)).get(publisher_id, 0) > frames
+            print(f"\ntab session resumed {resumed:.2f} s after SIGKILL of its node")
+        finally:
+            cluster.restart_node(node)

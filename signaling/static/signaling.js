@@ -7,6 +7,13 @@ import { DataChannels } from "./data.js";
 const PROTOCOL_VERSION = 1;
 /** Close code after a `worker_lost` error: the room moved to another media worker. */
 const CLOSE_WORKER_LOST = 4001;
+/** Close code after a `removed` error: an operator removed the participant. */
+const CLOSE_REMOVED = 4002;
+/** Close codes after which a dropped session is not resumed (left, removed, moved). */
+const NO_RESUME_CODES = new Set([1000, CLOSE_WORKER_LOST, CLOSE_REMOVED]);
+/** How long a dropped socket tries to take its session over through another node. */
+const RESUME_WINDOW_MS = 10_000;
+const RESUME_RETRY_MS = 250;
 const PING_INTERVAL_MS = 20000;
 
 const SIMULCAST_ENCODINGS = [
@@ -110,19 +117,36 @@ export class Session {
 
   /** Open the socket and send `join`. Resolves when the socket is open. */
   connect(token, url = signalingUrl()) {
+    this._token = token;
+    this._url = url;
+    return this._open({ type: "join", token, name: this.name });
+  }
+
+  _open(join) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url);
+      const ws = new WebSocket(this._url);
       this.ws = ws;
       let opened = false;
       ws.addEventListener("open", () => {
         opened = true;
-        this.send({ type: "join", token, name: this.name });
+        this.send(join);
         resolve();
       });
       ws.addEventListener("message", (event) => this._onMessage(event.data));
       ws.addEventListener("close", (event) => {
         if (!opened) reject(new Error("could not connect to the signaling server"));
-        if (this.closed) return;
+        if (this.closed || ws !== this.ws) return;
+        if (this._resuming && this._fatalError) {
+          // The session could not be taken over (it expired): join afresh.
+          this._resuming = false;
+          this._teardown();
+          this._hook("closed", "worker_lost");
+          return;
+        }
+        if (this.resumeToken && !this._fatalError && !NO_RESUME_CODES.has(event.code)) {
+          this._resume(Date.now() + RESUME_WINDOW_MS);
+          return;
+        }
         const why = event.reason ? `: ${event.reason}` : "";
         const closedText = `connection closed (${event.code}${why})`;
         // Keep a fatal error in view: it says why the server closed the socket.
@@ -132,6 +156,31 @@ export class Session {
         this._hook("closed", event.code === CLOSE_WORKER_LOST ? "worker_lost" : "socket closed");
       });
     });
+  }
+
+  /**
+   * The socket dropped (a signaling node died): take the session over through any node
+   * with the resume token. The peer connections and the media stay as they are; when
+   * the window passes, the session ends like any closed one.
+   */
+  _resume(deadline) {
+    this._status("connection lost, resuming…", "info");
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    this._resuming = true;
+    const join = { type: "join", token: this._token, name: this.name, resume: this.resumeToken };
+    const retry = () => {
+      if (this.closed || !this._resuming) return;
+      if (Date.now() > deadline) {
+        this._resuming = false;
+        this._status("could not resume the session", "error");
+        this._teardown();
+        this._hook("closed", "worker_lost");
+        return;
+      }
+      this._open(join).catch(() => setTimeout(retry, RESUME_RETRY_MS));
+    };
+    retry();
   }
 
   send(message) {
@@ -241,6 +290,14 @@ export class Session {
   }
 
   _onJoined(msg) {
+    this.resumeToken = msg.resume_token || null;
+    if (msg.resumed) {
+      // Same session, new socket: the peer connections never stopped.
+      this._resuming = false;
+      this._pingTimer = setInterval(() => this.send({ type: "ping" }), PING_INTERVAL_MS);
+      this._status(`resumed in room ${msg.room}`);
+      return;
+    }
     this.participantId = msg.participant_id;
     this.room = msg.room;
     this.canPublish = msg.can_publish;
