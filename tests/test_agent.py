@@ -206,9 +206,11 @@ async def test_voice_agent_answers_and_stops_when_interrupted(sfu_server, tmp_pa
             )
             samples = await page.evaluate("() => window.energy")
     finally:
-        agent.terminate()
+        if agent.returncode is None:
+            agent.terminate()
         output = (await agent.communicate())[0].decode(errors="replace")
     events = [m["data"] for m in log]
+    assert events, f"no turn log from the agent (exit code {agent.returncode}):\n{output}"
     assert all(m["from"]["identity"] == "agent" for m in log)
     first_turn = next(e for e in events if e["event"] == "turn")
     assert first_turn["speech_seconds"] > 1.0, events
