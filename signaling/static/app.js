@@ -95,6 +95,11 @@ window.sfu = {
   leave,
 };
 
+/** A join refused with worker_unavailable (a room moving off a dead worker) is retried. */
+const REJOIN_RETRY_MS = 500;
+const MAX_REJOIN_ATTEMPTS = 20;
+let rejoinAttempts = 0;
+
 async function join({ room, name, simulcast = true, publish = true, identity = null }) {
   if (session) leave();
   ui.setJoining(true);
@@ -103,7 +108,10 @@ async function join({ room, name, simulcast = true, publish = true, identity = n
     { iceTransportPolicy: relayOnly ? "relay" : "all", name, simulcast, publish },
     {
       status: (text, level) => ui.setStatus(text, level),
-      joined: () => ui.showRoom(room, name),
+      joined: () => {
+        rejoinAttempts = 0;
+        ui.showRoom(room, name);
+      },
       localStream: (stream) => ui.setLocalStream(stream),
       participantAdded: (p) => {
         ui.upsertParticipant(p);
@@ -133,7 +141,15 @@ async function join({ room, name, simulcast = true, publish = true, identity = n
         if (reason === "worker_lost") {
           // The media worker died or drained: join again (a live worker takes the
           // room) and publish the camera and microphone anew.
-          join({ room, name, simulcast, identity });
+          join({ room, name, simulcast, publish, identity });
+          return;
+        }
+        if (reason === "worker_unavailable" && rejoinAttempts < MAX_REJOIN_ATTEMPTS) {
+          // The room is still being moved off a dead worker: try again shortly.
+          rejoinAttempts += 1;
+          setTimeout(() => {
+            if (session === null) join({ room, name, simulcast, publish, identity });
+          }, REJOIN_RETRY_MS);
           return;
         }
         quality.stop();

@@ -278,9 +278,10 @@ export class Session {
         if (msg.fatal) this._fatalError = text;
         this._status(text, "error");
         if (this.participantId === null && msg.request_type === "join") {
-          // The join was refused (bad token, ...): this session is over.
+          // The join was refused (bad token, ...): this session is over. A worker that
+          // is unavailable may be replaced in a moment; the app decides to retry.
           this._teardown();
-          this._hook("closed", "join refused");
+          this._hook("closed", msg.code === "worker_unavailable" ? msg.code : "join refused");
         }
         break;
       }
