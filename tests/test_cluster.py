@@ -57,6 +57,17 @@ def cluster() -> Any:
         running.close()
 
 
+@pytest.fixture
+def fresh_cluster() -> Any:
+    """A cluster of its own, for a test that kills processes and measures recovery
+    (no stale connections left behind by the Redis outage test)."""
+    running = Cluster(workers=3, nodes=2)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -379,7 +390,8 @@ class BackgroundLoop:
         self.loop.close()
 
 
-def test_killed_worker_room_recovers_within_5_s(cluster):
+def test_killed_worker_room_recovers_within_5_s(fresh_cluster):
+    cluster = fresh_cluster
     from browser import chromium_available, chromium_context, decoding_video, page_stats
 
     if not chromium_available():

@@ -26,6 +26,7 @@ from sfu.client.tracks import RemoteTrack
 from sfu.protocol import (
     CLOSE_REMOVED,
     CLOSE_WORKER_LOST,
+    ErrorCode,
     ErrorMessage,
     JoinedMessage,
     JoinMessage,
@@ -52,6 +53,8 @@ T = TypeVar("T")
 
 MAX_BUFFERED_EVENTS = 1024
 """Events kept for :meth:`RoomClient.next_event`; older ones are dropped."""
+REJOIN_SECONDS = 20.0
+"""How long a client whose media worker died keeps trying to join its room again."""
 RESUME_SECONDS = 10.0
 """How long a client whose socket dropped tries to resume its session (the server
 keeps it ``reconnect_grace_seconds``, 10 by default)."""
@@ -100,11 +103,21 @@ class RoomClient:
         """Messages that arrived between ``joined`` and the transports' creation."""
         self._reconnect = True
         self._reconnecting: asyncio.Future[None] | None = None
+        self._replacing_session = False
+        """A rejoin is closing a session of its own: that close is not a drop."""
+        self._rejoin_tracks: list[tuple[MediaStreamTrack, Source]] = []
         self._target: tuple[str, str, str | None, bool] = ("", "", None, True)
         self.reconnects = 0
         """Sessions resumed or rejoined after a dropped socket or a lost media worker."""
 
-    async def _join(self, url: str, token: str, name: str | None, data: bool = True) -> None:
+    async def _join(
+        self,
+        url: str,
+        token: str,
+        name: str | None,
+        data: bool = True,
+        close_on_failure: bool = True,
+    ) -> None:
         self._target = (url, token, name, data)
         self._signaling = await SignalingChannel.open(
             websocket_url(url), self._handle, self._signaling_closed
@@ -114,7 +127,14 @@ class RoomClient:
                 JoinMessage(token=token, name=name), JoinedMessage
             )
         except BaseException:
-            await self.close()
+            if close_on_failure:
+                await self.close()
+            else:
+                self._replacing_session = True
+                try:
+                    await self._signaling.close()
+                finally:
+                    self._replacing_session = False
             raise
         self._joined = joined
         self._participants = {
@@ -380,6 +400,8 @@ class RoomClient:
         self._changed.notify()
 
     def _signaling_closed(self) -> None:
+        if self._replacing_session:
+            return  # the rejoin closed its own failed session on purpose
         channel, joined = self._signaling, self._joined
         if (
             self._reconnect
@@ -402,8 +424,24 @@ class RoomClient:
     # --- reconnect --------------------------------------------------------------------
 
     async def _reconnect_with(self, reconnect: Callable[[], Awaitable[None]]) -> None:
+        deadline = time.monotonic() + REJOIN_SECONDS
         try:
-            await reconnect()
+            while True:
+                try:
+                    await reconnect()
+                    break
+                except SfuError as exc:
+                    # The room is still moving off a dead worker, or its new worker is
+                    # slow to answer under load: start the rejoin over.
+                    if (
+                        reconnect != self._rejoin
+                        or exc.code != ErrorCode.WORKER_UNAVAILABLE
+                        or time.monotonic() > deadline
+                        or self.closed
+                    ):
+                        raise
+                    logger.info("rejoin failed (%s); trying again", exc)
+                    await asyncio.sleep(RECONNECT_RETRY_SECONDS)
             self.reconnects += 1
         except Exception as exc:
             logger.warning("could not reconnect: %s", exc)
@@ -453,8 +491,19 @@ class RoomClient:
         and publish the same local tracks; remote tracks end and come back."""
         url, token, name, data = self._target
         publisher, subscriber = self._publisher, self._subscriber
-        tracks = publisher.published() if publisher is not None else []
+        if publisher is not None:
+            self._rejoin_tracks = publisher.published() or self._rejoin_tracks
+        tracks = self._rejoin_tracks
         self._publisher = self._subscriber = None
+        channel = self._signaling
+        if channel is not None and not channel.closed:
+            # A previous attempt joined but failed later: leave that session first.
+            self._replacing_session = True
+            try:
+                await channel.send(LeaveMessage())
+                await channel.close()
+            finally:
+                self._replacing_session = False
         if subscriber is not None:
             await subscriber.close()
         if publisher is not None:
@@ -463,7 +512,7 @@ class RoomClient:
             self._data = DataLink()
         # The node evicted the dead worker before telling us, so the room is placed
         # on a live one; if this join fails anyway, the client closes.
-        await self._join(url, token, name, data)
+        await self._join(url, token, name, data, close_on_failure=False)
         if tracks:
             await self.publish_tracks(tracks)
 

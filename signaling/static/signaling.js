@@ -153,7 +153,9 @@ export class Session {
         const text = this._fatalError ? `${this._fatalError} — ${closedText}` : closedText;
         this._status(text, "error");
         this._teardown();
-        this._hook("closed", event.code === CLOSE_WORKER_LOST ? "worker_lost" : "socket closed");
+        // The close code may not survive a proxy; the fatal error said it as well.
+        const lost = event.code === CLOSE_WORKER_LOST || this._fatalCode === "worker_lost";
+        this._hook("closed", lost ? "worker_lost" : "socket closed");
       });
     });
   }
@@ -275,7 +277,10 @@ export class Session {
         break;
       case "error": {
         const text = `error ${msg.code}: ${msg.message}`;
-        if (msg.fatal) this._fatalError = text;
+        if (msg.fatal) {
+          this._fatalError = text;
+          this._fatalCode = msg.code;
+        }
         this._status(text, "error");
         if (this.participantId === null && msg.request_type === "join") {
           // The join was refused (bad token, ...): this session is over. A worker that
