@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, TIMESTAMP_BITS, WrapAroundExtender
+from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, TIMESTAMP_BITS, WrapAroundExtender, expire_drops
 
 REORDER_WINDOW = 3000
 """Packets this far (in sequence numbers) behind the newest one are no longer translated.
@@ -205,8 +205,4 @@ class RtpMunger:
         if floor <= self._floor:
             return
         self._floor = floor
-        dropped = self._dropped
-        expired = bisect_left(dropped, floor)
-        if expired:
-            self._seq_offset -= expired
-            del dropped[:expired]
+        self._seq_offset -= expire_drops(self._dropped, floor)

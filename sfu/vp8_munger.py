@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import replace
 
-from sfu.rtp.seqnum import VP8_PICTURE_ID_BITS, WrapAroundExtender, diff
+from sfu.rtp.seqnum import VP8_PICTURE_ID_BITS, WrapAroundExtender, diff, expire_drops
 from sfu.rtp.vp8 import Vp8Descriptor, rewrite_vp8_descriptor
 
 PICTURE_REORDER_WINDOW = 60
@@ -225,8 +225,4 @@ class Vp8Munger:
         if floor <= self._floor:
             return
         self._floor = floor
-        dropped = self._dropped
-        expired = bisect_left(dropped, floor)
-        if expired:
-            self._picture_offset -= expired
-            del dropped[:expired]
+        self._picture_offset -= expire_drops(self._dropped, floor)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu.rtp.seqnum import WrapAroundExtender, diff, is_newer
+from sfu.rtp.seqnum import WrapAroundExtender, diff, expire_drops, is_newer
 
 
 @pytest.mark.parametrize(
@@ -90,3 +90,12 @@ def test_extender_rejects_out_of_range(value):
 def test_extender_rejects_width(bits):
     with pytest.raises(ValueError, match="bits"):
         WrapAroundExtender(bits)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "floor", "expired", "left"),
+    [([], 10, 0, []), ([3, 5, 9], 5, 1, [5, 9]), ([3, 5, 9], 10, 3, []), ([7], 1, 0, [7])],
+)
+def test_expire_drops(dropped, floor, expired, left):
+    assert expire_drops(dropped, floor) == expired
+    assert dropped == left

@@ -13,6 +13,8 @@ discontinuity) must detect them by other means and start a new
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 SEQUENCE_NUMBER_BITS = 16
 TIMESTAMP_BITS = 32
 VP8_PICTURE_ID_BITS = 15
@@ -73,3 +75,13 @@ class WrapAroundExtender:
         if extended > highest:
             self._highest = extended
         return extended
+
+
+def expire_drops(dropped: list[int], floor: int) -> int:
+    """Remove the values below ``floor`` from the ascending list ``dropped`` (numbers a
+    forwarder left out on purpose); returns how many, for the caller to fold into its
+    offset."""
+    expired = bisect_left(dropped, floor)
+    if expired:
+        del dropped[:expired]
+    return expired
