@@ -9,8 +9,9 @@ replaces its packet path:
   ``Connection.data_received`` so SRTP/SRTCP datagrams are unprotected and handed to
   the SFU synchronously from the socket callback (no queue, no await per packet); DTLS
   records still go through aiortc's queue.
-- sending protects with the SRTP session and calls ``sendto`` on the nominated pair's
-  datagram transport directly.
+- RTP is protected and sent in batches, one ``sendmmsg`` per transport and event-loop
+  iteration (:mod:`sfu.send_batch`) on a duplicate of the nominated pair's socket;
+  RTCP, and everything over a TURN relay, goes through the pair's datagram transport.
 
 Everything private that is touched is listed in :data:`PRIVATE_SEAMS` and checked by
 ``tests/test_aiortc_adapter.py`` so an aiortc or aioice upgrade that moves them fails
@@ -27,6 +28,7 @@ import random
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aioice
 import aioice.ice
@@ -39,8 +41,8 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
-from pylibsrtp._binding import ffi as _srtp_ffi
-from pylibsrtp._binding import lib as _srtp_lib
+
+from sfu.send_batch import SendBatch, flush_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -50,44 +52,15 @@ PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
     (RTCDtlsTransport, "_set_role"),
     (aioice.Connection, "data_received"),
     (aioice.Connection, "get_component_candidates"),
+    (aioice.ice.StunProtocol, "datagram_received"),
 )
 """Private methods this module overrides or calls. The private instance attributes it
 reads (``RTCIceGatherer._connection``, ``Connection._nominated`` and ``_queue``,
-``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, pylibsrtp's ``Session._srtp``,
-``_cdata`` and ``_buffer``) are exercised by the loopback test."""
+``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, and, in :mod:`sfu.send_batch`,
+pylibsrtp's ``Session._srtp`` and its ``_binding`` module) are exercised by the loopback
+test."""
 
 RtpHandler = Callable[[bytes], None]
-
-SRTP_MAX_TRAILER = 16 + 128
-"""Bytes SRTP may append to a packet (authentication tag and MKI), as pylibsrtp allows."""
-
-
-def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
-    """A lean ``session.protect``: one libsrtp call with a reused length cell.
-
-    pylibsrtp's wrapper allocates a new cffi ``int *`` and checks types on every call;
-    this runs once per packet and subscriber, so it calls libsrtp through the session's
-    own buffer directly (pylibsrtp's private ``_srtp``/``_cdata``/``_buffer``).
-    """
-    srtp = session._srtp
-    cdata = session._cdata
-    buffer = session._buffer
-    limit = len(buffer) - SRTP_MAX_TRAILER
-    length = _srtp_ffi.new("int *")
-    protect = _srtp_lib.srtp_protect
-
-    def protect_packet(packet: bytes) -> bytes:
-        size = len(packet)
-        if size > limit:
-            raise pylibsrtp.Error(f"packet of {size} bytes is too long to protect")
-        length[0] = size
-        buffer[0:size] = packet
-        status = protect(srtp[0], cdata, length)
-        if status:
-            raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
-        return buffer[0 : length[0]]
-
-    return protect_packet
 
 
 def use_host_addresses(addresses: Sequence[str]) -> None:
@@ -230,12 +203,12 @@ class DtlsSrtpSession:
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
-        self._protect: Callable[[bytes], bytes] = bytes
+        self._batch: SendBatch | None = None
         self._remote_addr: tuple[str, int] = ("", 0)
         self.connected = asyncio.Event()
         self.closed = asyncio.Event()
         self.srtp_errors = 0
-        self.send_errors = 0
+        self._sendto_errors = 0
 
     # --- negotiation ------------------------------------------------------------
 
@@ -287,13 +260,17 @@ class DtlsSrtpSession:
 
     def _on_dtls_state(self) -> None:
         if self._dtls.state in ("closed", "failed"):
-            self._sendto = None
+            self._stop_sending()
             self.closed.set()
+
+    def _stop_sending(self) -> None:
+        self._sendto = None
+        if self._batch is not None:
+            self._batch.close()
 
     def _install_fast_path(self) -> None:
         self._rx_srtp = self._dtls._rx_srtp
         self._tx_srtp = self._dtls._tx_srtp
-        self._protect = srtp_protector(self._tx_srtp)
         pair = self._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("no nominated ICE pair")
@@ -301,6 +278,12 @@ class DtlsSrtpSession:
         datagram_transport = getattr(protocol, "transport", None)
         if isinstance(protocol, aioice.ice.StunProtocol) and datagram_transport is not None:
             self._sendto = datagram_transport.sendto
+            self._batch = SendBatch(
+                datagram_transport.get_extra_info("socket").fileno(),
+                pair.remote_addr,
+                self._tx_srtp,
+                flush_scheduler(),
+            )
         else:
             # A TURN relay wraps each datagram; its send is a coroutine.
             pending: set[asyncio.Task[None]] = set()
@@ -333,6 +316,19 @@ class DtlsSrtpSession:
                 queue_put((data, component))
 
         self._connection.data_received = data_received  # type: ignore[method-assign]
+        if isinstance(protocol, aioice.ice.StunProtocol):
+            # The nominated socket's datagrams skip aioice's STUN parse attempt (and the
+            # exception it raises for every media packet): RTP/RTCP go straight to the
+            # handler above, STUN (consent checks) and DTLS to aioice as before.
+            stun_received = protocol.datagram_received
+
+            def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+                if data and 127 < data[0] < 192:
+                    data_received(data, 1)
+                else:
+                    stun_received(data, addr)
+
+            protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
     @property
     def dtls_transport(self) -> RTCDtlsTransport:
@@ -342,15 +338,27 @@ class DtlsSrtpSession:
 
     # --- sending -----------------------------------------------------------------
 
+    @property
+    def send_errors(self) -> int:
+        """RTP/RTCP packets that could not be protected or sent."""
+        batch_errors = self._batch.errors if self._batch is not None else 0
+        return self._sendto_errors + batch_errors
+
     def send_rtp(self, packet: bytes) -> None:
-        """Protect and send one RTP packet; silently dropped when not connected."""
+        """Protect and send one RTP packet (at the end of this event-loop iteration,
+        batched with the others; see :mod:`sfu.send_batch`); silently dropped when not
+        connected."""
+        batch = self._batch
+        if batch is not None:
+            batch.add(packet)
+            return
         sendto = self._sendto
         if sendto is None:
             return
         try:
-            sendto(self._protect(packet), self._remote_addr)
+            sendto(self._tx_srtp.protect(packet), self._remote_addr)  # type: ignore[union-attr]
         except (pylibsrtp.Error, OSError):
-            self.send_errors += 1
+            self._sendto_errors += 1
 
     def send_rtcp(self, packet: bytes) -> None:
         sendto = self._sendto
@@ -359,10 +367,10 @@ class DtlsSrtpSession:
         try:
             sendto(self._tx_srtp.protect_rtcp(packet), self._remote_addr)  # type: ignore[union-attr]
         except (pylibsrtp.Error, OSError):
-            self.send_errors += 1
+            self._sendto_errors += 1
 
     async def close(self) -> None:
-        self._sendto = None
+        self._stop_sending()
         await self._dtls.stop()
         await self._ice.stop()
         self.closed.set()

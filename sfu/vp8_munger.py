@@ -58,6 +58,8 @@ class Vp8Munger:
         "_dropped",
         "_floor",
         "_highest_picture",
+        "_identity",
+        "_identity_last",
         "_last_out_picture",
         "_last_out_tl0",
         "_picture_offset",
@@ -79,6 +81,12 @@ class Vp8Munger:
         """Extended picture id below which drops are folded into the offset."""
         self._dropped: list[int] = []
         """Extended picture ids dropped since ``_floor``, ascending."""
+        self._identity = False
+        """The outgoing numbering equals the source's (the first layer forwarded, no
+        drops): browser-layout payloads pass untouched and only the latest is kept, in
+        ``_identity_last``, to bring the state up to date when that ends (a switch, a
+        drop, a payload of another layout)."""
+        self._identity_last: bytes | None = None
 
     def switch(self, payload: bytes) -> None:
         """The forwarder starts a new layer at this key frame packet.
@@ -93,7 +101,9 @@ class Vp8Munger:
             descriptor = None
         if descriptor is None or descriptor.picture_id is None:
             self._started = False
+            self._identity = False
             return
+        self._leave_identity()
         self._started = True
         picture = descriptor.picture_id
         self._highest_picture = picture
@@ -106,6 +116,22 @@ class Vp8Munger:
             tl0 = self._tl0_ext.update(descriptor.tl0picidx)
             last_tl0 = self._last_out_tl0
             self._tl0_offset = 0 if last_tl0 is None else last_tl0 + 1 - tl0
+        self._identity = self._picture_offset == 0 and self._tl0_offset == 0
+        self._identity_last = None
+
+    def _leave_identity(self) -> None:
+        """Record the newest passed-through picture as the last one sent, and number
+        the following ones the general way."""
+        if not self._identity:
+            return
+        self._identity = False
+        payload = self._identity_last
+        if payload is None:
+            return
+        picture = self._extend_picture(((payload[2] & 0x7F) << 8) | payload[3], 15)
+        self._highest_picture = self._last_out_picture = self._floor = picture
+        if payload[1] & 0x40:
+            self._last_out_tl0 = self._tl0_ext.update(payload[4])
 
     def rewrite(self, payload: bytes) -> bytes:
         """The payload with its picture id and TL0PICIDX rewritten.
@@ -117,7 +143,11 @@ class Vp8Munger:
         if not self._started:
             return payload
         if len(payload) > 4 and payload[0] & 0x80 and payload[1] & 0x80 and payload[2] & 0x80:
+            if self._identity:
+                self._identity_last = payload
+                return payload
             return self._rewrite_15_bit(payload)
+        self._leave_identity()
         try:
             descriptor = Vp8Descriptor.parse(payload)
         except ValueError:
@@ -198,6 +228,7 @@ class Vp8Munger:
         """
         if not self._started:
             return
+        self._leave_identity()
         try:
             descriptor = Vp8Descriptor.parse(payload)
         except ValueError:

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import pylibsrtp
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
@@ -10,7 +9,6 @@ from sfu.aiortc_adapter import (
     PRIVATE_SEAMS,
     DtlsSrtpSession,
     RemoteParameters,
-    srtp_protector,
     use_host_addresses,
 )
 from sfu.rtp.packet import build_rtp_packet
@@ -113,22 +111,3 @@ async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport():
         assert isinstance(server.errors[0], RuntimeError)
     finally:
         await asyncio.gather(server.session.close(), client.session.close())
-
-
-def test_lean_protect_matches_pylibsrtp():
-    key = bytes(range(30))
-
-    def session() -> pylibsrtp.Session:
-        policy = pylibsrtp.Policy(
-            key=key,
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-            srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
-        )
-        return pylibsrtp.Session(policy)
-
-    reference, lean = session(), srtp_protector(session())
-    for seq in range(3):
-        packet = rtp(96, seq, 0x1234, b"\x10payload" * 50)
-        assert lean(packet) == reference.protect(packet)
-    with pytest.raises(pylibsrtp.Error):
-        lean(b"\x80" * 1400)

@@ -40,6 +40,14 @@ SCRIPTS = {
         ("rtp", 20000, 15, 200, 1002, 9),
         ("rtp", 20001, 15, 201, 1003, 10),
     ],
+    "a switch after a long untouched run continues from its latest picture": [
+        ("switch", 0, 15, 0),
+        ("rtp", 10000, 15, 5, 10000, 5),
+        ("rtp", 20000, 15, 9, 20000, 9),
+        ("switch", 7, 15, 1),
+        ("rtp", 7, 15, 1, 20001, 10),
+        ("rtp", 8, 15, 1, 20002, 10),
+    ],
     "15-bit picture id and TL0PICIDX wrap in the source": [
         ("switch", 0x7FFF, 15, 255),
         ("rtp", 0x7FFF, 15, 255, 0x7FFF, 255),
