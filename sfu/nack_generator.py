@@ -44,6 +44,10 @@ class NackResult:
     """The NACK list overflowed and was cleared: request a key frame."""
 
 
+NOTHING_TO_DO = NackResult()
+"""The result of most packets (shared: callers must not modify its list)."""
+
+
 @dataclass(slots=True)
 class NackInfo:
     """A missing packet: when it was last NACKed and how often (it is NACKed as soon as
@@ -88,10 +92,10 @@ class NackGenerator:
             self._last = ext
             if key_frame:
                 self._key_frames.append(ext)
-            return NackResult()
+            return NOTHING_TO_DO
         if ext <= last:
             self._nack_list.pop(ext, None)
-            return NackResult()
+            return NOTHING_TO_DO
         if key_frame:
             self._key_frames.append(ext)
         key_frames = self._key_frames
@@ -102,7 +106,12 @@ class NackGenerator:
             # so that it is not NACKed once the gap up to it is seen.
             self._recovered = {s for s in self._recovered if s >= ext - MAX_PACKET_AGE}
             self._recovered.add(ext)
-            return NackResult()
+            return NOTHING_TO_DO
+        if ext == last + 1:  # in order, nothing lost: the common case
+            self._last = ext
+            if self._nack_list:
+                self._expire(ext)
+            return NOTHING_TO_DO
         added = self._add_to_nack_list(last + 1, ext, now)
         self._last = ext
         if added is None:
@@ -120,12 +129,7 @@ class NackGenerator:
         """Put ``start`` .. ``end - 1`` on the list as NACKed now and return them; None
         when the list overflowed and was cleared."""
         nack_list = self._nack_list
-        oldest = end - MAX_PACKET_AGE
-        while nack_list:
-            first = next(iter(nack_list))
-            if first >= oldest:
-                break
-            del nack_list[first]
+        self._expire(end)
         count = end - start
         if len(nack_list) + count > MAX_NACK_PACKETS:
             while self._remove_until_key_frame() and len(nack_list) + count > MAX_NACK_PACKETS:
@@ -138,6 +142,16 @@ class NackGenerator:
         for seq in added:
             nack_list[seq] = NackInfo(now)
         return added
+
+    def _expire(self, newest: int) -> None:
+        """Forget entries more than :data:`MAX_PACKET_AGE` behind ``newest``."""
+        nack_list = self._nack_list
+        oldest = newest - MAX_PACKET_AGE
+        while nack_list:
+            first = next(iter(nack_list))
+            if first >= oldest:
+                break
+            del nack_list[first]
 
     def _remove_until_key_frame(self) -> bool:
         """Give up the entries older than the oldest key frame that has any; False when

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from sfu.producer import Producer
     from sfu.worker import Worker
 
+DYNACAST_INTERVAL = 0.25
+"""Seconds between two evaluations of which simulcast layers subscribers want: a layer
+asked for again resumes within this, plus the publisher's reaction."""
+
 
 class Room:
     def __init__(self, name: str, worker: Worker) -> None:
@@ -37,6 +41,7 @@ class Room:
         self.speakers = ActiveSpeakerDetector()
         self.active_speakers: list[str] = []
         self._dynacast: dict[str, DynacastManager] = {}
+        self._next_dynacast = 0.0
 
     def broadcast(self, message: ServerMessage, exclude: str | None = None) -> None:
         for participant in self.participants.values():
@@ -77,6 +82,9 @@ class Room:
         if speakers is not None:
             self.active_speakers = speakers
             self.broadcast(ActiveSpeakersMessage(participant_ids=speakers))
+        if now < self._next_dynacast:
+            return
+        self._next_dynacast = now + DYNACAST_INTERVAL
         for participant in self.participants.values():
             for producer in participant.producers.values():
                 if producer.simulcast:

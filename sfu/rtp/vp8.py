@@ -175,6 +175,9 @@ def is_vp8_keyframe(payload: bytes) -> bool:
 
     Truncated or malformed payloads return False.
     """
+    # Most packets continue a frame: S bit clear (or another partition), no parse.
+    if not payload or payload[0] & 0x17 != _S:
+        return False
     try:
         descriptor = _parse(payload, 0)
     except ValueError:
