@@ -34,6 +34,8 @@ RETRANSMISSION_CACHE_SIZE = 1024
 
 _HEADER = struct.Struct("!BBHII")
 _SEQ = struct.Struct("!H")
+_RTX_HEADER = struct.Struct("!BBH4sIH")
+"""An RTX packet's header (timestamp copied as bytes) and its original sequence number."""
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
 PADDING_SIZE = 255
 """Bytes of one padding-only probe packet's payload (the most the count byte allows)."""
@@ -57,7 +59,11 @@ class Consumer:
         self.subscriber_id = subscriber_id
         self.kind = producer.kind
         self.ssrc = secrets.randbits(32) or 1
+        self.rtx_ssrc = (secrets.randbits(32) or 1) if self.kind == "video" else None
+        """The SSRC of this consumer's RTX stream (RFC 4588), offered to the subscriber
+        in an ``a=ssrc-group:FID``; used when it negotiated rtx."""
         self.payload_type = 0
+        self.rtx_payload_type: int | None = None
         self.clock_rate = producer.clock_rate
         self.active = False
         """The subscriber accepted the m-line and its transport is connected."""
@@ -85,6 +91,7 @@ class Consumer:
         self.fraction_lost = 0
         self._send_rtp = send_rtp
         self._munger = RtpMunger(secrets.randbits(16), secrets.randbits(32))
+        self._rtx_sequence = secrets.randbits(16)
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
         self._at_frame_boundary = False
         self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
@@ -129,10 +136,12 @@ class Consumer:
             current_layer=self.current_layer,
         )
 
-    def activate(self, payload_type: int) -> None:
-        """The subscriber accepted this consumer's m-line with ``payload_type`` and its
+    def activate(self, payload_type: int, rtx_payload_type: int | None = None) -> None:
+        """The subscriber accepted this consumer's m-line with ``payload_type`` (and
+        ``rtx_payload_type`` for retransmissions, when it negotiated rtx) and its
         transport is up: start forwarding (video from the next key frame)."""
         self.payload_type = payload_type
+        self.rtx_payload_type = rtx_payload_type if self.rtx_ssrc is not None else None
         if not self.active:
             self.active = True
             self.restart()
@@ -211,14 +220,36 @@ class Consumer:
         self._send_rtp(packet)
 
     def retransmit(self, lost: list[int]) -> int:
-        """Answer a NACK from the subscriber out of the cache; returns packets resent."""
+        """Answer a NACK from the subscriber out of the cache; returns packets resent.
+
+        With rtx negotiated each packet goes out on the RTX stream (RFC 4588 section 4:
+        the RTX payload type, SSRC and sequence number, the original sequence number
+        before the original payload); otherwise the same packet is sent again.
+        """
         self.nacks_received += 1
         sent = 0
+        rtx_payload_type = self.rtx_payload_type
         for seq in lost:
             packet = self._cache[seq & _SEQ_MASK]
-            if packet is not None and _SEQ.unpack_from(packet, 2)[0] == seq:
-                self._send_rtp(packet)
-                sent += 1
+            if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
+                continue
+            if rtx_payload_type is not None:
+                self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
+                packet = b"".join(
+                    (
+                        _RTX_HEADER.pack(
+                            0x80,
+                            (packet[1] & 0x80) | rtx_payload_type,
+                            self._rtx_sequence,
+                            packet[4:8],
+                            self.rtx_ssrc,
+                            seq,
+                        ),
+                        packet[12:],
+                    )
+                )
+            self._send_rtp(packet)
+            sent += 1
         self.retransmissions += sent
         return sent
 

@@ -128,6 +128,8 @@ class _Slot:
     negotiated_inactive: bool = False
     """The subscriber has acknowledged this slot as inactive: it may be recycled."""
     payload_type: int | None = None
+    rtx_payload_type: int | None = None
+    """The subscriber's rtx payload type for ``payload_type``, when it negotiated one."""
 
 
 class Participant:
@@ -243,7 +245,7 @@ class Participant:
         if transport is self.subscribe:
             for slot in self._slots:
                 if slot.consumer is not None and slot.payload_type is not None:
-                    slot.consumer.activate(slot.payload_type)
+                    slot.consumer.activate(slot.payload_type, slot.rtx_payload_type)
 
     def _on_transport_failed(self, transport: Transport) -> None:
         if self._closed:
@@ -481,7 +483,7 @@ class Participant:
         else:
             slot.consumer = consumer
             slot.negotiated_inactive = False
-            slot.payload_type = None
+            slot.payload_type = slot.rtx_payload_type = None
         self._renegotiate()
 
     def remove_consumer(self, producer: Producer) -> None:
@@ -492,7 +494,7 @@ class Participant:
                 producer.remove_consumer(consumer.id)
                 self._consumers_by_ssrc.pop(consumer.ssrc, None)
                 slot.consumer = None
-                slot.payload_type = None
+                slot.payload_type = slot.rtx_payload_type = None
                 self._renegotiate()
 
     def track_settings(self, message: TrackSettingsMessage) -> None:
@@ -558,7 +560,7 @@ class Participant:
                         HeaderExtension(id=OUTGOING_TRANSPORT_CC_ID, uri=TRANSPORT_WIDE_CC)
                     ],
                     ssrc=consumer.ssrc,
-                    rtx_ssrc=None,
+                    rtx_ssrc=consumer.rtx_ssrc if any(c.is_rtx for c in codecs) else None,
                     cname=self.cname,
                     stream_id=producer.participant_id,
                     track_id=producer.id,
@@ -607,11 +609,15 @@ class Participant:
                 continue
             if result is None or result.rejected or not result.codecs:
                 slot.consumer.deactivate()
-                slot.payload_type = None
+                slot.payload_type = slot.rtx_payload_type = None
                 continue
             slot.payload_type = result.codecs[0].payload_type
+            slot.rtx_payload_type = next(
+                (c.payload_type for c in result.codecs if c.is_rtx and c.apt == slot.payload_type),
+                None,
+            )
             if connected:
-                slot.consumer.activate(slot.payload_type)
+                slot.consumer.activate(slot.payload_type, slot.rtx_payload_type)
         self._maybe_send_offer()
 
     def _on_subscribe_rtp(self, data: bytes) -> None:
@@ -735,7 +741,11 @@ class Participant:
 
     def _allocate(self, now: float) -> None:
         """Give each video consumer the layer that fits the subscriber's estimate."""
-        consumers = [c for c in self.consumers() if c.kind == "video" and c.active]
+        consumers = [
+            c
+            for c in self.consumers()
+            if c.kind == "video" and c.active and not c.producer.measuring(now)
+        ]
         if not consumers:
             return
         speakers = self.room.active_speakers

@@ -100,18 +100,8 @@ class RtpStream:
 
     def available_bitrate(self, now: float) -> int:
         """The bitrate the allocator may plan with: 0 when the publisher stopped the
-        layer on its own (bandwidth, CPU), the last measured one when dynacast paused it.
-
-        A stream still in its first window reports what that window has measured so far
-        (at least 1 bit/s): reporting 0 would make the allocator stop the consumers of a
-        stream that has just started and make them wait for its next key frame.
-        """
-        if not self.flowing(now):
-            return self.bitrate if self.paused else 0
-        if self.bitrate:
-            return self.bitrate
-        elapsed = now - self._window_start
-        return max(1, int(self._window_bytes * 8 / elapsed)) if elapsed > 0 else 1
+        layer on its own (bandwidth, CPU), the last measured one when dynacast paused it."""
+        return self.bitrate if self.flowing(now) or self.paused else 0
 
 
 class Producer:
@@ -170,6 +160,13 @@ class Producer:
             if consumer.active and consumer.current_stream is None:
                 consumer.restart()
         return stream
+
+    def measuring(self, now: float) -> bool:
+        """Media flows but no stream has completed its first bitrate window: the
+        allocator has nothing to plan with yet, and its consumers keep the layer they
+        started on (stopping them would cost a key frame once the figures arrive)."""
+        streams = self.streams.values()
+        return not any(s.bitrate for s in streams) and any(s.flowing(now) for s in streams)
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers[consumer.id] = consumer

@@ -166,6 +166,34 @@ def test_nack_is_served_from_the_retransmission_cache():
     assert consumer.retransmissions == 1 and consumer.nacks_received == 1
 
 
+async def test_nack_is_answered_on_the_rtx_stream_when_negotiated():
+    sub = Recorder()
+    producer = make_producer("video")
+    consumer = make_consumer(producer, sub, payload_type=98)
+    consumer.activate(98, rtx_payload_type=99)  # already active: only records rtx
+    feed(producer, 1, 9000, VP8_KEY)
+    feed(producer, 2, 9000, VP8_CONTINUATION, marker=True)
+    feed(producer, 3, 12000, VP8_DELTA, marker=True)
+    first, second, _ = sub.headers()
+    assert consumer.retransmit([second.sequence_number, first.sequence_number]) == 2
+    rtx = [RtpHeader.parse(p) for p in sub.packets[3:]]
+    assert [h.payload_type for h in rtx] == [99, 99]
+    assert {h.ssrc for h in rtx} == {consumer.rtx_ssrc} != {consumer.ssrc}
+    assert rtx[1].sequence_number == (rtx[0].sequence_number + 1) & 0xFFFF
+    assert [h.timestamp for h in rtx] == [second.timestamp, first.timestamp]
+    assert [h.marker for h in rtx] == [True, False]
+    # The payload: the original sequence number, then the original payload (RFC 4588).
+    for packet, original in zip(sub.packets[3:], (sub.packets[1], sub.packets[0]), strict=True):
+        assert packet[12:14] == original[2:4]
+        assert packet[14:] == original[12:]
+
+
+def test_audio_consumers_have_no_rtx_stream():
+    consumer = make_consumer(make_producer("audio"), Recorder(), payload_type=111)
+    consumer.activate(111, rtx_payload_type=112)
+    assert consumer.rtx_ssrc is None and consumer.rtx_payload_type is None
+
+
 def test_sender_report_is_translated_from_the_publishers():
     sub = Recorder()
     producer = make_producer("audio")

@@ -1,28 +1,20 @@
-"""Producer streams: what the allocator is told about a layer's bitrate."""
+"""Producer: whether the allocator has bitrate figures for a track yet."""
 
-from sfu.producer import BITRATE_WINDOW, RtpStream
-from sfu.rtp.receive_statistics import ReceiveStatistics
-
-
-def stream() -> RtpStream:
-    return RtpStream(ssrc=1, rid=None, layer=0, statistics=ReceiveStatistics(1, 90000))
+from sfu.producer import BITRATE_WINDOW, Producer
+from sfu.sdp import Codec
 
 
-def test_a_stream_in_its_first_window_is_available_with_what_it_measured_so_far() -> None:
-    layer = stream()
-    assert layer.available_bitrate(100.0) == 0  # nothing received yet
-    layer.meter(1000, 100.0)  # the first packet opens the first window
-    assert layer.available_bitrate(100.0) == 1
-    layer.meter(1000, 100.25)
-    assert layer.available_bitrate(100.5) == 1000 * 8 / 0.5
-    layer.meter(1000, 100.0 + BITRATE_WINDOW)
-    assert layer.available_bitrate(101.0) == layer.bitrate == 2000 * 8
-    assert layer.available_bitrate(104.0) == 0  # stopped flowing
-
-
-def test_a_paused_stream_keeps_its_last_bitrate() -> None:
-    layer = stream()
-    layer.meter(1000, 100.0)
-    layer.meter(1000, 101.0)
-    layer.paused = True
-    assert layer.available_bitrate(110.0) == layer.bitrate > 0
+def test_a_producer_is_measuring_until_its_first_bitrate_window_closes() -> None:
+    producer = Producer(
+        "TR_x", "PA_pub", "video", "0", [Codec(96, "VP8", 90000)], [], "camera", print
+    )
+    assert not producer.measuring(100.0), "nothing flows yet"
+    stream = producer.add_stream(1234, None)
+    stream.meter(1000, 100.0)
+    stream.meter(1000, 100.5)
+    assert producer.measuring(100.5)
+    assert stream.available_bitrate(100.5) == 0
+    stream.meter(1000, 100.0 + BITRATE_WINDOW)
+    assert not producer.measuring(101.0)
+    assert stream.available_bitrate(101.0) == stream.bitrate > 0
+    assert not producer.measuring(110.0), "stopped: no longer measuring either"

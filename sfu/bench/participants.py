@@ -512,7 +512,8 @@ class BenchSubscriber(_Participant):
         for section in offer.media:
             if section.direction != "sendonly" or not section.codecs:
                 continue
-            for ssrc in section.ssrcs:
+            repair = {g.ssrcs[1] for g in section.ssrc_groups if g.semantics == "FID"}
+            for ssrc in section.ssrcs.keys() - repair:  # the answer declines rtx
                 expected.add(ssrc)
                 self._clock_rates[ssrc] = section.codecs[0].clock_rate
         self.expected_ssrcs = expected
