@@ -57,7 +57,7 @@ from sfu.rtp.extensions import (
     decode_sdes,
     decode_transport_sequence_number,
 )
-from sfu.rtp.packet import payload_offset, read_header_extensions
+from sfu.rtp.packet import read_header_extensions, read_payload_and_extensions
 from sfu.rtp.transport_feedback import TransportCcFeedback
 from sfu.sdp import (
     HeaderExtension,
@@ -401,8 +401,7 @@ class Participant:
                 return
         producer, stream = entry
         try:
-            start = payload_offset(data)
-            extensions = read_header_extensions(data) if data[0] & 0x10 else {}
+            start, extensions = read_payload_and_extensions(data)
         except ValueError:
             producer.packets_dropped += 1
             return

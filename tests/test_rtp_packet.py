@@ -20,6 +20,7 @@ from sfu.rtp.packet import (
     is_rtcp,
     payload_offset,
     read_header_extensions,
+    read_payload_and_extensions,
     rewrite_header,
 )
 from sfu.rtp.rtcp import ntp_from_unix
@@ -167,6 +168,8 @@ def test_malformed(hex_data, message):
         RtpHeader.parse(data)
     with pytest.raises(ValueError, match=message):
         read_header_extensions(data)
+    with pytest.raises(ValueError, match=message):
+        read_payload_and_extensions(data)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +185,9 @@ def test_malformed(hex_data, message):
     ],
 )
 def test_extension_edge_cases(hex_data, extensions):
-    assert read_header_extensions(bytes.fromhex(hex_data)) == extensions
+    data = bytes.fromhex(hex_data)
+    assert read_header_extensions(data) == extensions
+    assert read_payload_and_extensions(data) == (payload_offset(data), extensions)
 
 
 def test_unknown_profile_is_kept():

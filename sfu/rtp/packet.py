@@ -1,7 +1,8 @@
 """RTP packets (RFC 3550) with RFC 8285 header extensions, and RTP/RTCP demux (RFC 5761).
 
 :class:`RtpHeader` is the validating, object-building parser. The module-level helpers
-(:func:`payload_offset`, :func:`read_header_extensions`, :func:`rewrite_header`) are for
+(:func:`payload_offset`, :func:`read_header_extensions`,
+:func:`read_payload_and_extensions`, :func:`rewrite_header`) are for
 the forwarding hot path: they build no header object and touch only the bytes they need.
 All parsers accept ``bytes``, ``bytearray`` or ``memoryview`` and raise ``ValueError``
 on malformed input.
@@ -132,6 +133,15 @@ def _parse_extension_elements(data: bytes, profile: int, start: int, end: int) -
 def payload_offset(data: bytes) -> int:
     """Validate ``data`` as an RTP packet and return the offset where its payload starts."""
     return _layout(data)[2]
+
+
+def read_payload_and_extensions(data: bytes) -> tuple[int, dict[int, bytes]]:
+    """Validate ``data`` as an RTP packet once and return where its payload starts and
+    its RFC 8285 extensions by id (what a forwarder needs of every packet)."""
+    profile, start, end, _ = _layout(data)
+    if profile < 0:
+        return end, {}
+    return end, _parse_extension_elements(data, profile, start, end)
 
 
 def read_header_extensions(data: bytes) -> dict[int, bytes]:
