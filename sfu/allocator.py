@@ -9,8 +9,15 @@ bandwidth between the video tracks it receives (LiveKit ``streamallocator``, med
 2. every track gets its lowest flowing layer, in priority order (screen share, then
    active speakers, then the others), as long as the budget allows: what does not fit
    is paused, lowest priority first;
-3. the remaining budget raises tracks one layer at a time, higher priorities first and
+3. the remaining budget raises tracks one step at a time, higher priorities first and
    equal priorities in turns, so equals share fairly.
+
+The steps of a track are its allowed flowing layers, lowest first. When the lowest of
+them carries VP8 temporal layers, its temporal layers come first as steps of their own
+(base layer alone, then with the next, ...), so a subscriber too constrained for the
+lowest layer at its full frame rate gets it at a lower frame rate instead of nothing;
+higher spatial layers are taken at their full frame rate (a smoother picture at a
+lower resolution is what a video call needs).
 
 Going down is immediate: a layer that no longer fits the estimate is left at once.
 Going up (above the layer the track already has) is hysteretic, so that a noisy
@@ -44,12 +51,36 @@ DOWN_HOLDOFF = 3.0
 @dataclass(frozen=True, slots=True)
 class LayerInfo:
     """One simulcast layer of a track: its index, measured bitrate (bits/s, 0 when not
-    flowing) and frame size (0 when unknown)."""
+    flowing), frame size (0 when unknown) and the bitrates of its temporal layers 0..t
+    together for each t (empty: no temporal layers)."""
 
     spatial: int
     bitrate: int
     width: int = 0
     height: int = 0
+    temporal_bitrates: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One allocation step of a track: a spatial layer, up to a temporal layer (None:
+    all of them), and what it costs."""
+
+    spatial: int
+    temporal: int | None
+    bitrate: int
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return _rank(self.spatial, self.temporal)
+
+
+_ALL_TEMPORAL = 1 << 8
+
+
+def _rank(spatial: int, temporal: int | None) -> tuple[int, int]:
+    """Orders steps: by spatial layer, then temporal layer (None: all, highest)."""
+    return spatial, _ALL_TEMPORAL if temporal is None else temporal
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +99,8 @@ class TrackAllocationInput:
     max_width: int | None = None
     max_height: int | None = None
     current_layer: int | None = None
+    current_temporal_layer: int | None = None
+    """The temporal limit being forwarded now (None: all temporal layers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +110,8 @@ class Allocation:
     targets: Mapping[str, int | None] = field(default_factory=dict)
     """Target spatial layer per track; None: forward nothing (paused, nothing fits or
     nothing flows)."""
+    temporal_targets: Mapping[str, int | None] = field(default_factory=dict)
+    """Highest temporal layer to forward per track; None: all of them."""
     total: int = 0
     """Bits/s of the targets plus the reserved audio bitrate."""
     deficient: frozenset[str] = frozenset()
@@ -102,15 +137,24 @@ def preferred_max_layer(track: TrackAllocationInput) -> int | None:
     return cap
 
 
-def _candidates(track: TrackAllocationInput) -> list[LayerInfo]:
-    """Flowing layers the preferences allow, lowest first."""
+def _candidates(track: TrackAllocationInput) -> list[_Step]:
+    """Steps through the flowing layers the preferences allow, lowest first."""
     cap = preferred_max_layer(track)
     if cap is None:
         return []
-    return sorted(
+    layers = sorted(
         (layer for layer in track.layers if layer.bitrate > 0 and layer.spatial <= cap),
         key=lambda layer: layer.spatial,
     )
+    steps = [_Step(layer.spatial, None, layer.bitrate) for layer in layers]
+    if layers and len(layers[0].temporal_bitrates) > 1:
+        lowest = layers[0]
+        steps[0:0] = [
+            _Step(lowest.spatial, temporal, bitrate)
+            for temporal, bitrate in enumerate(lowest.temporal_bitrates[:-1])
+            if 0 < bitrate < lowest.bitrate
+        ]
+    return steps
 
 
 class StreamAllocator:
@@ -121,8 +165,8 @@ class StreamAllocator:
     __slots__ = ("_down_at", "_targets", "_upgrade_since")
 
     def __init__(self) -> None:
-        self._targets: dict[str, int | None] = {}
-        """Last target per track, the reference for hysteresis."""
+        self._targets: dict[str, tuple[int, int] | None] = {}
+        """Last target step (its rank) per track, the reference for hysteresis."""
         self._down_at: dict[str, float] = {}
         """When each track last went down for lack of bandwidth."""
         self._upgrade_since: dict[str, float] = {}
@@ -139,7 +183,12 @@ class StreamAllocator:
         ordered = sorted(tracks, key=lambda track: -track.priority)
         candidates = {track.track_id: _candidates(track) for track in ordered}
         references = {
-            track.track_id: self._targets.get(track.track_id, track.current_layer)
+            track.track_id: self._targets.get(
+                track.track_id,
+                None
+                if track.current_layer is None
+                else _rank(track.current_layer, track.current_temporal_layer),
+            )
             for track in ordered
         }
         chosen: dict[str, int | None] = {}
@@ -178,7 +227,7 @@ class StreamAllocator:
                     step = layers[index + 1]
                     new_used = used + step.bitrate - layers[index].bitrate
                     reference = references[track_id]
-                    if reference is not None and step.spatial <= reference:
+                    if reference is not None and step.rank <= reference:
                         if new_used > estimate:
                             continue
                     else:
@@ -200,28 +249,32 @@ class StreamAllocator:
                     raised = True
 
         targets: dict[str, int | None] = {}
+        temporal_targets: dict[str, int | None] = {}
+        ranks: dict[str, tuple[int, int] | None] = {}
         deficient: set[str] = set()
         total = audio_bitrate
         for track in ordered:
             track_id = track.track_id
             layers = candidates[track_id]
             index = chosen[track_id]
-            target = None if index is None else layers[index].spatial
-            targets[track_id] = target
-            if index is not None:
-                total += layers[index].bitrate
+            step = None if index is None else layers[index]
+            targets[track_id] = None if step is None else step.spatial
+            temporal_targets[track_id] = None if step is None else step.temporal
+            rank = ranks[track_id] = None if step is None else step.rank
+            if step is not None:
+                total += step.bitrate
             if layers and (index is None or index + 1 < len(layers)):
                 deficient.add(track_id)
                 reference = references[track_id]
-                if reference is not None and (target is None or target < reference):
+                if reference is not None and (rank is None or rank < reference):
                     self._down_at[track_id] = now
         self._upgrade_since = {
             track_id: since
             for track_id, since in self._upgrade_since.items()
             if track_id in waiting
         }
-        self._targets = targets
+        self._targets = ranks
         self._down_at = {
             track_id: down_at for track_id, down_at in self._down_at.items() if track_id in targets
         }
-        return Allocation(targets, total, frozenset(deficient))
+        return Allocation(targets, temporal_targets, total, frozenset(deficient))

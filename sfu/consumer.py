@@ -22,13 +22,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sfu.allocator import LayerInfo, TrackAllocationInput
+from sfu.producer import TEMPORAL_LAYERS
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
+from sfu.rtp.vp8 import is_vp8_frame_start
 from sfu.rtp_munger import RtpMunger
 from sfu.vp8_munger import Vp8Munger
 
 if TYPE_CHECKING:
     from sfu.producer import Producer, RtpStream
 
+ALL_TEMPORAL_LAYERS = TEMPORAL_LAYERS - 1
+"""The temporal limit that forwards every temporal layer."""
 RETRANSMISSION_CACHE_SIZE = 1024
 """Packets kept per consumer for NACKs (about 1 s of 3 Mbit/s video); a power of two."""
 
@@ -76,6 +80,11 @@ class Consumer:
         self.max_height: int | None = None
         self.target_layer: int | None = None
         """The layer the allocator chose (None: not forwarding)."""
+        self._temporal_target = ALL_TEMPORAL_LAYERS
+        """The highest VP8 temporal layer the allocator wants forwarded."""
+        self._temporal_limit = ALL_TEMPORAL_LAYERS
+        """The highest temporal layer forwarded now (follows the target at frame starts)."""
+        self.packets_dropped_temporal = 0
         self.current_stream: RtpStream | None = None
         self.layer_switches = 0
         self.packets_sent = 0
@@ -122,6 +131,7 @@ class Consumer:
                 bitrate=stream.available_bitrate(now) if stream is not None else 0,
                 width=stream.width if stream is not None else 0,
                 height=stream.height if stream is not None else 0,
+                temporal_bitrates=stream.temporal_bitrates if stream is not None else (),
             )
             for index, stream in enumerate(self.producer.layers)
         ]
@@ -134,6 +144,7 @@ class Consumer:
             max_width=self.max_width,
             max_height=self.max_height,
             current_layer=self.current_layer,
+            current_temporal_layer=self.current_temporal_layer,
         )
 
     def activate(self, payload_type: int, rtx_payload_type: int | None = None) -> None:
@@ -156,6 +167,17 @@ class Consumer:
         self.set_target_layer(
             self.target_layer if self.target_layer is not None else len(self.producer.rids)
         )
+
+    @property
+    def current_temporal_layer(self) -> int | None:
+        """The highest temporal layer forwarded now; None: all of them."""
+        limit = self._temporal_limit
+        return None if limit == ALL_TEMPORAL_LAYERS else limit
+
+    def set_target_temporal_layer(self, layer: int | None) -> None:
+        """Forward temporal layers up to ``layer`` (None: all), from the next frame
+        start that allows it (see :meth:`forward`)."""
+        self._temporal_target = ALL_TEMPORAL_LAYERS if layer is None else layer
 
     def set_target_layer(self, layer: int | None) -> None:
         """Forward ``layer`` from its next key frame on; None stops forwarding."""
@@ -191,16 +213,30 @@ class Consumer:
         seq: int,
         ts: int,
         payload: bytes,
-        key_frame: bool,
+        tid: int,
         now: float,
     ) -> None:
         """Rewrite one packet of the current stream and send it.
 
         ``marker_bit`` is 0x80 or 0; ``payload`` starts after the publisher's header
         (its header extensions are not forwarded; the subscribe transport adds its
-        own transport-wide sequence number).
+        own transport-wide sequence number). ``tid`` is the packet's VP8 temporal
+        layer (-1: none): packets above the consumer's temporal limit are dropped
+        without leaving gaps in the sequence numbers or picture ids. The limit moves
+        at frame starts: down at any, up at a base-layer (TID 0) frame, whose
+        successors of every temporal layer only refer to frames the subscriber has.
         """
         if not self.active or self.paused or self.needs_key_frame:
+            return
+        limit = self._temporal_limit
+        target = self._temporal_target
+        if target != limit and (target < limit or tid <= 0) and is_vp8_frame_start(payload):
+            self._temporal_limit = limit = target
+        if tid > limit:
+            self._munger.drop(seq)
+            if self._vp8 is not None:
+                self._vp8.drop(payload)
+            self.packets_dropped_temporal += 1
             return
         translated = self._munger.translate(seq, ts)
         if translated is None:

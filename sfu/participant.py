@@ -760,6 +760,7 @@ class Participant:
         allocation = self._allocator.allocate(tracks, budget, now)
         for consumer in consumers:
             consumer.set_target_layer(allocation.targets.get(consumer.id))
+            consumer.set_target_temporal_layer(allocation.temporal_targets.get(consumer.id))
         self._probe_target = 0
         if estimate is not None and allocation.deficient:
             wanted = sum(

@@ -22,12 +22,14 @@ from sfu.keyframe_request_manager import KeyFrameRequestManager
 from sfu.nack_generator import NackGenerator
 from sfu.rtp.h264 import is_h264_keyframe
 from sfu.rtp.receive_statistics import ReceiveStatistics
-from sfu.rtp.vp8 import is_vp8_keyframe
+from sfu.rtp.vp8 import is_vp8_keyframe, vp8_temporal_id
 from sfu.sdp import Codec
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
 
+TEMPORAL_LAYERS = 4
+"""Temporal layer indexes a VP8 descriptor can carry (its TID field has two bits)."""
 BITRATE_WINDOW = 1.0
 """Seconds over which a stream's bitrate is measured for the allocator."""
 KNOWN_RID_ORDER = {"q": 0, "h": 1, "f": 2, "l": 0, "m": 1, "0": 0, "1": 1, "2": 2}
@@ -83,17 +85,37 @@ class RtpStream:
     last_packet: float = 0.0
     paused: bool = False
     """Paused at the SFU's request (dynacast): not flowing, but available on demand."""
+    temporal_bitrates: tuple[int, ...] = ()
+    """Bits per second of temporal layers 0..t together, for each t the stream carries
+    (VP8 with temporal scalability); empty when its packets carry no TID."""
     _window_start: float = 0.0
     _window_bytes: int = 0
+    _temporal_bytes: list[int] = field(default_factory=lambda: [0] * TEMPORAL_LAYERS)
 
-    def meter(self, size: int, now: float) -> None:
+    def meter(self, size: int, now: float, tid: int = -1) -> None:
+        """Count one packet of ``size`` bytes of temporal layer ``tid`` (-1: none)."""
         self.last_packet = now
         self._window_bytes += size
+        if tid >= 0:
+            self._temporal_bytes[tid] += size
         elapsed = now - self._window_start
         if elapsed >= BITRATE_WINDOW:
-            self.bitrate = int(self._window_bytes * 8 / elapsed) if elapsed < 3 else 0
+            fresh = elapsed < 3
+            self.bitrate = int(self._window_bytes * 8 / elapsed) if fresh else 0
+            self.temporal_bitrates = self._cumulative_temporal(elapsed) if fresh else ()
             self._window_start = now
             self._window_bytes = 0
+            self._temporal_bytes = [0] * TEMPORAL_LAYERS
+
+    def _cumulative_temporal(self, elapsed: float) -> tuple[int, ...]:
+        counted = self._temporal_bytes
+        highest = max((tid for tid, size in enumerate(counted) if size), default=-1)
+        total = 0
+        bitrates = []
+        for tid in range(highest + 1):
+            total += counted[tid]
+            bitrates.append(int(total * 8 / elapsed))
+        return tuple(bitrates)
 
     def flowing(self, now: float) -> bool:
         return now - self.last_packet < 2 * BITRATE_WINDOW
@@ -217,7 +239,8 @@ class Producer:
         """One validated RTP packet of ``stream``; ``payload_start`` skips its header."""
         seq, ts = _SEQ_TS.unpack_from(data, 2)
         stream.statistics.add(seq, ts, len(data), now)
-        stream.meter(len(data), now)
+        tid = vp8_temporal_id(data, payload_start) if self._is_vp8 else -1
+        stream.meter(len(data), now, tid)
         if self.muted or not (stream.consumers or stream.pending):
             if self.kind == "video":
                 self._track_loss(stream, seq, now, False)
@@ -239,7 +262,7 @@ class Producer:
                 self.switch_consumer(consumer, stream)
                 consumer.start_layer(stream, seq, ts, payload, now)
         for consumer in stream.consumers:
-            consumer.forward(stream, marker, seq, ts, payload, key_frame, now)
+            consumer.forward(stream, marker, seq, ts, payload, tid, now)
 
     def _track_loss(self, stream: RtpStream, seq: int, now: float, key_frame: bool) -> None:
         result = stream.nack.received(seq, now, key_frame)

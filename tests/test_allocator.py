@@ -9,6 +9,7 @@ from sfu.allocator import (
     PRIORITY_ACTIVE_SPEAKER,
     PRIORITY_SCREEN_SHARE,
     UP_HOLD_TIME,
+    UP_MARGIN,
     LayerInfo,
     StreamAllocator,
     TrackAllocationInput,
@@ -224,3 +225,40 @@ def test_removed_tracks_are_forgotten() -> None:
 )
 def test_preferred_max_layer(fields: dict[str, object], expected: int | None) -> None:
     assert preferred_max_layer(track(**fields)) == expected
+
+
+TEMPORAL = [
+    LayerInfo(0, LOW, 160, 120, temporal_bitrates=(LOW // 3, LOW * 2 // 3, LOW)),
+    LayerInfo(1, MID, 320, 240, temporal_bitrates=(MID // 3, MID * 2 // 3, MID)),
+    LayerInfo(2, HIGH, 640, 480, temporal_bitrates=(HIGH // 3, HIGH * 2 // 3, HIGH)),
+]
+
+
+@pytest.mark.parametrize(
+    ("estimate", "spatial", "temporal"),
+    [
+        (LOW // 3 - 1, None, None),  # not even the base temporal layer fits
+        (LOW // 3 * 2, 0, 0),  # the lowest layer at a third of its frame rate
+        (LOW, 0, 1),  # two temporal layers (the full rate needs the upgrade margin)
+        (int(LOW * (1 + UP_MARGIN)) + 1, 0, None),  # the lowest layer, every frame
+        (int(MID * (1 + UP_MARGIN)) + 1, 1, None),  # higher layers only at full rate
+        (int(HIGH * (1 + UP_MARGIN)) + 1, 2, None),
+    ],
+)
+def test_temporal_layers_are_steps_below_the_lowest_layers_full_rate(
+    estimate: int, spatial: int | None, temporal: int | None
+) -> None:
+    allocation = StreamAllocator().allocate([track(layers=TEMPORAL)], estimate, now=0.0)
+    assert allocation.targets["cam"] == spatial
+    assert allocation.temporal_targets["cam"] == temporal
+
+
+def test_going_up_a_temporal_layer_waits_like_a_spatial_upgrade() -> None:
+    allocator = StreamAllocator()
+    cam = track(layers=TEMPORAL, current_layer=0, current_temporal_layer=0)
+    tight = allocator.allocate([cam], LOW // 3 * 2, now=0.0)
+    assert (tight.targets["cam"], tight.temporal_targets["cam"]) == (0, 0)
+    roomy = int(LOW * 2 // 3 * (1 + UP_MARGIN)) + 1
+    assert allocator.allocate([cam], roomy, now=0.5).temporal_targets["cam"] == 0
+    later = allocator.allocate([cam], roomy, now=0.5 + UP_HOLD_TIME)
+    assert later.temporal_targets["cam"] == 1

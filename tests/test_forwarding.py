@@ -11,6 +11,7 @@ from sfu.producer import Producer
 from sfu.rtp.packet import RtpHeader, build_rtp_packet, payload_offset
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.rtp.rtcp import ntp_from_unix
+from sfu.rtp.vp8 import Vp8Descriptor
 from sfu.sdp import Codec
 
 VP8_KEY = b"\x10\x00\x9d\x01\x2a"  # descriptor S=1 PID=0, frame header P=0
@@ -192,6 +193,49 @@ def test_audio_consumers_have_no_rtx_stream():
     consumer = make_consumer(make_producer("audio"), Recorder(), payload_type=111)
     consumer.activate(111, rtx_payload_type=112)
     assert consumer.rtx_ssrc is None and consumer.rtx_payload_type is None
+
+
+def vp8_frame(picture_id: int, tl0: int, tid: int, key: bool = False) -> bytes:
+    descriptor = Vp8Descriptor(
+        start_of_partition=True,
+        picture_id=picture_id,
+        picture_id_length=15,
+        tl0picidx=tl0,
+        tid=tid,
+    )
+    return bytes(descriptor) + (b"\x00\x9d\x01\x2a" if key else b"\x01\x00\x00")
+
+
+def test_temporal_layers_above_the_target_are_dropped_without_gaps():
+    sub = Recorder()
+    producer = make_producer("video")
+    consumer = make_consumer(producer, sub, payload_type=98)
+    consumer.set_target_temporal_layer(0)
+    # L1T3: TIDs 0 2 1 2 0 2 1 2 ..., one packet per frame.
+    tids = [0, 2, 1, 2, 0, 2, 1, 2, 0]
+    tl0 = 0
+    for index, tid in enumerate(tids):
+        tl0 += tid == 0
+        feed(producer, 50 + index, index * 3000, vp8_frame(700 + index, tl0, tid, index == 0), True)
+    headers = sub.headers()
+    assert len(headers) == 3 and consumer.packets_dropped_temporal == 6
+    sequence_numbers = [h.sequence_number for h in headers]
+    assert sequence_numbers == [(sequence_numbers[0] + i) & 0xFFFF for i in range(3)]
+    descriptors = [Vp8Descriptor.parse(p[12:]) for p in sub.packets]
+    assert [d.picture_id for d in descriptors] == [700, 701, 702]
+    assert [d.tl0picidx for d in descriptors] == [1, 2, 3]
+    assert consumer.current_temporal_layer == 0
+
+    # Raised: only from the next base-layer frame on.
+    consumer.set_target_temporal_layer(None)
+    for index, tid in enumerate([2, 1, 2, 0, 2, 1], start=len(tids)):
+        tl0 += tid == 0
+        feed(producer, 50 + index, index * 3000, vp8_frame(700 + index, tl0, tid), True)
+    descriptors = [Vp8Descriptor.parse(p[12:]) for p in sub.packets[3:]]
+    assert [(d.tid, d.picture_id) for d in descriptors] == [(0, 703), (2, 704), (1, 705)]
+    assert consumer.current_temporal_layer is None
+    sequence_numbers = [h.sequence_number for h in sub.headers()]
+    assert sequence_numbers == [(sequence_numbers[0] + i) & 0xFFFF for i in range(6)]
 
 
 def test_sender_report_is_translated_from_the_publishers():

@@ -4,7 +4,13 @@ from hypothesis import strategies as st
 
 from sfu.rtp.h264 import is_h264_keyframe
 from sfu.rtp.packet import payload_offset
-from sfu.rtp.vp8 import Vp8Descriptor, is_vp8_keyframe, rewrite_vp8_descriptor
+from sfu.rtp.vp8 import (
+    Vp8Descriptor,
+    is_vp8_frame_start,
+    is_vp8_keyframe,
+    rewrite_vp8_descriptor,
+    vp8_temporal_id,
+)
 
 # Chrome VP8 simulcast packet: RTP header with one-byte extensions, then the descriptor
 # (X S, I L T, 15-bit picture id 0x1a3c, TL0PICIDX 0x17, TID 0) and a key frame header.
@@ -253,3 +259,34 @@ def test_is_h264_keyframe(hex_payload, expected):
 @given(st.binary(max_size=40))
 def test_h264_fuzz(data):
     assert isinstance(is_h264_keyframe(data), bool)
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "expected"),
+    [
+        (Vp8Descriptor(start_of_partition=True), -1),  # no extension byte
+        (Vp8Descriptor(True, picture_id=300, picture_id_length=15), -1),  # no T bit
+        (Vp8Descriptor(True, picture_id=300, picture_id_length=15, tl0picidx=7, tid=2), 2),
+        (Vp8Descriptor(False, picture_id=100, picture_id_length=7, tid=1), 1),
+        (Vp8Descriptor(True, tl0picidx=7, tid=3, layer_sync=True), 3),
+        (Vp8Descriptor(True, tid=0, keyidx=5), 0),
+    ],
+)
+def test_vp8_temporal_id(descriptor: Vp8Descriptor, expected: int) -> None:
+    data = bytes(descriptor) + b"\x00\x01"
+    assert vp8_temporal_id(data) == expected
+    assert vp8_temporal_id(b"\x80\x60\x00\x01" + data, 4) == expected  # after a header
+    assert vp8_temporal_id(data[: len(bytes(descriptor)) - 1]) in (-1, expected)
+
+
+def test_vp8_temporal_id_of_truncated_descriptors() -> None:
+    assert vp8_temporal_id(b"") == -1
+    assert vp8_temporal_id(b"\x80") == -1
+    assert vp8_temporal_id(b"\x80\xa0\x80") == -1  # I and T, 15-bit id cut short
+
+
+def test_vp8_frame_start() -> None:
+    assert is_vp8_frame_start(bytes(Vp8Descriptor(start_of_partition=True)) + b"\x00")
+    assert not is_vp8_frame_start(bytes(Vp8Descriptor(start_of_partition=False)) + b"\x00")
+    assert not is_vp8_frame_start(bytes(Vp8Descriptor(start_of_partition=True, partition_id=1)))
+    assert not is_vp8_frame_start(b"")

@@ -176,7 +176,7 @@ def is_vp8_keyframe(payload: bytes) -> bool:
     Truncated or malformed payloads return False.
     """
     # Most packets continue a frame: S bit clear (or another partition), no parse.
-    if not payload or payload[0] & 0x17 != _S:
+    if not is_vp8_frame_start(payload):
         return False
     try:
         descriptor = _parse(payload, 0)
@@ -185,6 +185,29 @@ def is_vp8_keyframe(payload: bytes) -> bool:
     if not descriptor.start_of_partition or descriptor.partition_id != 0:
         return False
     return len(payload) > descriptor.size and not payload[descriptor.size] & 0x01
+
+
+def vp8_temporal_id(data: bytes, offset: int = 0) -> int:
+    """The temporal layer index (TID) of the VP8 payload descriptor at ``offset``, -1
+    when it carries none (no T bit) or is truncated; byte reads only, for the
+    per-packet path."""
+    size = len(data)
+    if size < offset + 2 or not data[offset] & _X:
+        return -1
+    extension = data[offset + 1]
+    if not extension & _T:
+        return -1
+    pos = offset + 2
+    if extension & _I:
+        pos += 2 if size > pos and data[pos] & _M else 1
+    if extension & _L:
+        pos += 1
+    return data[pos] >> 6 if pos < size else -1
+
+
+def is_vp8_frame_start(payload: bytes) -> bool:
+    """True for the first packet of a frame (start of partition 0)."""
+    return bool(payload) and payload[0] & 0x17 == _S
 
 
 def rewrite_vp8_descriptor(
