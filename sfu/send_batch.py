@@ -104,9 +104,9 @@ class SendBatch:
     its UDP/IP output path once for the run and cuts it into the same datagrams. Where
     the kernel refuses offload, the batch sends one message per datagram from then on.
 
-    ``fd`` is duplicated: the batch owns its copy and closes it in :meth:`close`, so a
-    flush after the ICE socket was closed elsewhere fails cleanly instead of writing
-    to whatever reused the number.
+    ``fd`` is duplicated: the batch owns its copy and closes it in :meth:`close` (or
+    when it is garbage-collected), so a flush after the ICE socket was closed elsewhere
+    fails cleanly instead of writing to whatever reused the number.
     """
 
     def __init__(
@@ -117,6 +117,8 @@ class SendBatch:
         scheduler: FlushScheduler,
     ) -> None:
         self._fd = os.dup(fd)
+        self._release = weakref.finalize(self, os.close, self._fd)
+        """Closes the duplicate once: at :meth:`close`, or when the batch is collected."""
         self._scheduler = scheduler
         self._srtp = session._srtp
         self._protect = _srtp_lib.srtp_protect
@@ -240,7 +242,7 @@ class SendBatch:
         if not self._closed:
             self._closed = True
             self._count = 0
-            os.close(self._fd)
+            self._release()
 
 
 class FlushScheduler:

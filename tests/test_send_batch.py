@@ -2,6 +2,8 @@
 checked against pylibsrtp's own protect on real loopback sockets."""
 
 import asyncio
+import gc
+import os
 import socket
 from collections.abc import Iterator
 
@@ -204,3 +206,13 @@ async def test_the_loop_flushes_every_batch_once_per_iteration(sender):
             batch.close()
         for sock in receivers:
             sock.close()
+
+
+def test_a_batch_releases_its_socket_duplicate(receiver, sender):
+    batch = SendBatch(sender.fileno(), receiver.getsockname(), srtp_session(), ManualScheduler())
+    duplicate = batch._fd
+    os.fstat(duplicate)
+    del batch
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(duplicate)
