@@ -18,7 +18,9 @@ from sfu.bench.media import (
     write_packets,
 )
 from sfu.bench.participants import BenchPublisher, create_recvonly_answer
+from sfu.rtp.extensions import TRANSPORT_WIDE_CC
 from sfu.sdp import (
+    HeaderExtension,
     LocalTransport,
     OutgoingMedia,
     SessionDescription,
@@ -82,7 +84,7 @@ def test_recvonly_answer_fits_the_servers_offer():
             mid=str(i),
             kind=kind,
             codecs=default_outgoing_codecs(kind),
-            header_extensions=[],
+            header_extensions=[HeaderExtension(id=3, uri=TRANSPORT_WIDE_CC)],
             ssrc=1000 + i,
             rtx_ssrc=None,
             cname="c",
@@ -99,6 +101,11 @@ def test_recvonly_answer_fits_the_servers_offer():
     assert [m.direction for m in negotiated.values()] == ["recvonly", "inactive", "recvonly"]
     assert [m.codecs[0].name for m in negotiated.values()] == ["VP8", "VP8", "opus"]
     assert parsed.transport(parsed.media[0]).setup == "active"
+    assert all(TRANSPORT_WIDE_CC not in m.header_extension_ids() for m in parsed.media)
+    with_feedback = create_recvonly_answer(
+        SessionDescription.parse(str(offer)), _local("bench"), 3, transport_cc=True
+    )
+    assert TRANSPORT_WIDE_CC in with_feedback.media[0].header_extension_ids()
 
 
 def test_simulcast_publisher_offers_three_rids_like_chrome():
@@ -187,6 +194,17 @@ def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
     assert all(m["packets_per_second"] > 10 for m in mix)
     assert mix[0]["megabits_per_second"] < mix[2]["megabits_per_second"] / 2
     assert result["packets_in_per_second"] > 200  # the three layers together
+    assert result["loss_percent"] < 5
+
+
+def test_short_run_with_transport_cc_feedback(capsys):
+    status = runner.main(
+        ["--transport-cc", "--scenario", "1x2", "--duration", "3", "--warmup", "1", "--json"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    (result,) = json.loads(out)["results"]
+    assert result["packets_out_per_second"] > 100
     assert result["loss_percent"] < 5
 
 

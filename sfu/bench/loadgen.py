@@ -44,6 +44,8 @@ class LoadSpec:
     """The video clip of every publisher, or one per simulcast layer (lowest first)."""
     audio: bool
     ice_address: str
+    transport_cc: bool = False
+    """Subscribers negotiate transport-cc and send its feedback (as browsers do)."""
 
 
 class SubscriberCounters(NamedTuple):
@@ -122,6 +124,7 @@ class _LoadGenerator:
                         participant.token,
                         certificate,
                         participant.max_spatial_layer,
+                        self.spec.transport_cc,
                     )
                 )
         everyone = [*self.publishers, *self.subscribers]
@@ -175,7 +178,11 @@ class _LoadGenerator:
             stats.key_frame_requests += publisher.key_frame_requests
         for subscriber in self.subscribers:
             stats.tracks_receiving += subscriber.tracks_receiving
-            packets = octets = 0
+            # Padding-only probes are not forwarded media: they count neither as
+            # received nor as expected.
+            packets = -subscriber.padding_received
+            octets = -subscriber.padding_bytes
+            stats.packets_expected -= subscriber.padding_received
             for stream in subscriber.streams.values():
                 packets += stream.packets_received
                 octets += stream.bytes_received

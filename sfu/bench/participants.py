@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from sfu.aiortc_adapter import DtlsSrtpSession, RemoteParameters
 from sfu.bench.media import Clip, Replay
+from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
 from sfu.protocol import (
     ErrorMessage,
     JoinMessage,
@@ -45,7 +46,14 @@ from sfu.protocol import (
     TrackSettingsMessage,
 )
 from sfu.rtp import rtcp
-from sfu.rtp.extensions import SDES_MID, SDES_RTP_STREAM_ID, TRANSPORT_WIDE_CC, encode_sdes
+from sfu.rtp.extensions import (
+    SDES_MID,
+    SDES_RTP_STREAM_ID,
+    TRANSPORT_WIDE_CC,
+    decode_transport_sequence_number,
+    encode_sdes,
+)
+from sfu.rtp.packet import read_payload_and_extensions
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.sdp import (
     HeaderExtension,
@@ -64,6 +72,8 @@ from sfu.transport import parse_candidate
 logger = logging.getLogger(__name__)
 
 RTCP_INTERVAL = 1.0
+FEEDBACK_INTERVAL = 0.1
+"""Seconds between a transport-cc subscriber's feedback packets (Chrome: 50-100 ms)."""
 """Seconds between sender reports (publishers) and receiver reports (subscribers)."""
 MAX_LAG = 0.5
 """Seconds a sender may fall behind its real-time schedule before it stops catching up
@@ -423,10 +433,12 @@ class BenchPublisher(_Participant):
 
 
 def create_recvonly_answer(
-    offer: SessionDescription, local: LocalTransport, version: int
+    offer: SessionDescription, local: LocalTransport, version: int, transport_cc: bool = False
 ) -> SessionDescription:
     """Answer the SFU's subscribe offer: receive every sendonly m-line with its first
-    codec, keep the others inactive, take the DTLS client role."""
+    codec, keep the others inactive, take the DTLS client role. The transport-wide
+    sequence number is accepted only with ``transport_cc`` (a subscriber that sends
+    transport-cc feedback)."""
     answer = SessionDescription(
         session_id=offer.session_id,
         session_version=version,
@@ -446,13 +458,13 @@ def create_recvonly_answer(
             direction="recvonly" if receiving and codecs else "inactive",
             host="0.0.0.0",
             codecs=[replace(c, parameters=dict(c.parameters)) for c in codecs],
-            # The lean subscriber sends no transport-cc feedback, so it does not accept
-            # the transport-wide sequence number (as a client without congestion
-            # control would not): the SFU then skips per-packet send-side estimation.
+            # Without feedback to send, the transport-wide sequence number is declined
+            # (as a client without congestion control would): the SFU then skips
+            # per-packet send-side estimation.
             header_extensions=[
                 replace(ext, direction=None)
                 for ext in offered.header_extensions
-                if ext.uri != TRANSPORT_WIDE_CC
+                if transport_cc or ext.uri != TRANSPORT_WIDE_CC
             ],
             rtcp_mux=True,
             rtcp_rsize=offered.rtcp_rsize,
@@ -471,7 +483,10 @@ class BenchSubscriber(_Participant):
     """Receives every track of the room and counts what arrives.
 
     With ``max_spatial_layer`` it caps every video track it is offered at that
-    simulcast layer (0 = lowest) once it has answered the offer.
+    simulcast layer (0 = lowest) once it has answered the offer. With ``transport_cc``
+    it takes the transport-wide sequence number and sends transport-cc feedback every
+    :data:`FEEDBACK_INTERVAL`, as a browser does; the padding-only probes the SFU then
+    sends are counted apart from media (:attr:`padding_received`).
     """
 
     def __init__(
@@ -480,9 +495,16 @@ class BenchSubscriber(_Participant):
         token: str,
         certificate: RTCCertificate,
         max_spatial_layer: int | None = None,
+        transport_cc: bool = False,
     ) -> None:
         super().__init__(url, token, certificate)
         self.max_spatial_layer = max_spatial_layer
+        self.transport_cc = transport_cc
+        self._feedback = TransportCcFeedbackGenerator(secrets.randbits(32) or 1)
+        self._transport_cc_id: int | None = None
+        self.padding_received = 0
+        """Padding-only packets (bandwidth probes) among the received packets."""
+        self.padding_bytes = 0
         self._capped_tracks: set[str] = set()
         self.streams: dict[int, ReceiveStatistics] = {}
         """Receive statistics by SSRC, for every SSRC that sent a packet."""
@@ -506,8 +528,13 @@ class BenchSubscriber(_Participant):
             self.session = self._new_session(ice_controlling=False)
             await self.session.gather()
         answer = create_recvonly_answer(
-            offer, _local_transport(self.session), offer_message.revision
+            offer, _local_transport(self.session), offer_message.revision, self.transport_cc
         )
+        if self.transport_cc:
+            for section in answer.media:
+                self._transport_cc_id = section.header_extension_ids().get(
+                    TRANSPORT_WIDE_CC, self._transport_cc_id
+                )
         expected: set[int] = set()
         for section in offer.media:
             if section.direction != "sendonly" or not section.codecs:
@@ -534,6 +561,8 @@ class BenchSubscriber(_Participant):
     async def _connect(self, remote: TransportInfo) -> None:
         assert self.session is not None
         await _connect_session(self.session, remote)
+        if self.transport_cc:
+            self._start(self._send_feedback())
         await self._send_reports()
 
     def _on_rtp(self, data: bytes) -> None:
@@ -544,7 +573,26 @@ class BenchSubscriber(_Participant):
             stream = ReceiveStatistics(ssrc, self._clock_rates.get(ssrc, 90000))
             self.streams[ssrc] = stream
         sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
-        stream.add(sequence, timestamp, len(data), time.time())
+        now = time.time()
+        stream.add(sequence, timestamp, len(data), now)
+        if self._transport_cc_id is not None:
+            try:
+                start, extensions = read_payload_and_extensions(data)
+            except ValueError:
+                return
+            value = extensions.get(self._transport_cc_id)
+            if value is not None and len(value) == 2:
+                self._feedback.add(decode_transport_sequence_number(value), now)
+            if data[0] & 0x20 and start + data[-1] == len(data):
+                self.padding_received += 1
+                self.padding_bytes += len(data)
+
+    async def _send_feedback(self) -> None:
+        assert self.session is not None
+        while True:
+            await asyncio.sleep(FEEDBACK_INTERVAL)
+            for packet in self._feedback.feedback(time.time()):
+                self.session.send_rtcp(packet)
 
     def _on_rtcp(self, data: bytes) -> None:
         try:

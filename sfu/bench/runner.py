@@ -361,6 +361,9 @@ class Options:
     clips: tuple[ClipParameters, ...]
     """The publishers' video clip, or one per simulcast layer (lowest first)."""
     ice_address: str
+    transport_cc: bool = False
+    """Subscribers take the transport-wide sequence number and send transport-cc
+    feedback, as browsers do (the server then runs its send-side estimator)."""
 
     @property
     def mode(self) -> str:
@@ -397,6 +400,7 @@ def _load_specs(
             clips=options.clips,
             audio=options.audio,
             ice_address=options.ice_address,
+            transport_cc=options.transport_cc,
         )
         for i in range(count)
     ]
@@ -636,6 +640,11 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address the load generators (and a spawned server) use for ICE",
     )
+    parser.add_argument(
+        "--transport-cc",
+        action="store_true",
+        help="subscribers negotiate transport-cc and send its feedback, as browsers do",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -660,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         audio=args.audio,
         clips=SIMULCAST_CLIPS if args.simulcast else (ClipParameters(bitrate=args.bitrate * 1000),),
         ice_address=args.ice_address,
+        transport_cc=args.transport_cc,
     )
     command = shlex.join(["python", "-m", "sfu.bench", *args_list])
     progress = _Progress(sys.stderr)
