@@ -344,17 +344,20 @@ class DtlsSrtpSession:
         batch_errors = self._batch.errors if self._batch is not None else 0
         return self._sendto_errors + batch_errors
 
-    def send_rtp(self, packet: bytes) -> None:
+    def send_rtp(self, packet: bytes, extension: bytes = b"") -> None:
         """Protect and send one RTP packet (at the end of this event-loop iteration,
-        batched with the others; see :mod:`sfu.send_batch`); silently dropped when not
-        connected."""
+        batched with the others; see :mod:`sfu.send_batch`), with ``extension`` (a
+        header extension block) inserted after its fixed header when given; silently
+        dropped when not connected."""
         batch = self._batch
         if batch is not None:
-            batch.add(packet)
+            batch.add(packet, extension)
             return
         sendto = self._sendto
         if sendto is None:
             return
+        if extension:
+            packet = b"".join((bytes((packet[0] | 0x10,)), packet[1:12], extension, packet[12:]))
         try:
             sendto(self._tx_srtp.protect(packet), self._remote_addr)  # type: ignore[union-attr]
         except (pylibsrtp.Error, OSError):

@@ -692,18 +692,15 @@ class Participant:
         transport-wide sequence number when the subscriber negotiated it."""
         assert self.subscribe is not None
         extension_id = self._outgoing_transport_cc
-        if extension_id is not None:
-            sequence = self._outgoing_sequence = (self._outgoing_sequence + 1) & 0xFFFF
-            packet = b"".join(
-                (
-                    bytes((packet[0] | 0x10,)),
-                    packet[1:12],
-                    _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0),
-                    packet[12:],
-                )
-            )
-            self._bwe.on_packet_sent(sequence, len(packet), time.time(), is_padding=probe)
-        self.subscribe.session.send_rtp(packet)
+        if extension_id is None:
+            self.subscribe.session.send_rtp(packet)
+            return
+        sequence = self._outgoing_sequence = (self._outgoing_sequence + 1) & 0xFFFF
+        extension = _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0)
+        self._bwe.on_packet_sent(
+            sequence, len(packet) + len(extension), time.time(), is_padding=probe
+        )
+        self.subscribe.session.send_rtp(packet, extension)
 
     @property
     def estimated_bitrate(self) -> int | None:

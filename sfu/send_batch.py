@@ -31,6 +31,8 @@ import pylibsrtp
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from sfu.rtp.packet import RTP_HEADER_SIZE
+
 SLOTS = 64
 """Datagrams a batch holds; a full batch is sent at once and starts over."""
 SRTP_MAX_TRAILER = 16 + 128
@@ -150,19 +152,34 @@ class SendBatch:
         """Packets dropped: too long, refused by libsrtp, or refused by the kernel
         (a full socket buffer, an unreachable peer)."""
 
-    def add(self, packet: bytes) -> None:
-        """Protect ``packet`` into the next slot; it is sent at the next flush."""
+    def add(self, packet: bytes, extension: bytes = b"") -> None:
+        """Protect ``packet`` into the next slot; it is sent at the next flush.
+
+        A non-empty ``extension`` (a whole RFC 8285 header extension block: profile,
+        length and elements) is inserted after the 12-byte fixed header, whose X bit is
+        set; ``packet`` must have no CSRCs and no extension of its own. This saves the
+        caller building a second copy of every packet it stamps.
+        """
         count = self._count
         if count == SLOTS:
             self.flush()
             count = 0
-        size = len(packet)
+        size = len(packet) + len(extension)
         if size > MAX_PACKET or self._closed:
             self.errors += 1
             return
         slot = self._slots[count]
         offset = count * SLOT_SIZE
-        self._view[offset : offset + size] = packet
+        view = self._view
+        if extension:
+            middle = offset + RTP_HEADER_SIZE
+            end = middle + len(extension)
+            view[offset:middle] = packet[:RTP_HEADER_SIZE]
+            view[offset] = packet[0] | 0x10
+            view[middle:end] = extension
+            view[end : offset + size] = memoryview(packet)[RTP_HEADER_SIZE:]
+        else:
+            view[offset : offset + size] = packet
         length = self._length
         length[0] = size
         if self._protect(self._srtp[0], slot, length):

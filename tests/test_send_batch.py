@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pylibsrtp
 import pytest
 
-from sfu.rtp.packet import build_rtp_packet
+from sfu.rtp.packet import RtpHeader, build_rtp_packet
 from sfu.send_batch import SLOTS, FlushScheduler, SendBatch, _Offload, flush_scheduler, sockaddr
 
 KEY = bytes(range(30))
@@ -103,6 +103,21 @@ def test_datagrams_arrive_as_pylibsrtp_would_protect_them(receiver, sender, size
     batch.flush()
     assert receive(receiver, len(packets)) == expected(packets)
     assert (batch.packets_sent, batch.errors) == (len(packets), 0)
+    batch.close()
+
+
+def test_a_header_extension_block_is_inserted_after_the_fixed_header(receiver, sender):
+    batch = SendBatch(sender.fileno(), receiver.getsockname(), srtp_session(), ManualScheduler())
+    extension = bytes.fromhex("bede0001 31002a00")  # transport-wide sequence number 42
+    packets = [rtp(seq, 700) for seq in range(3)]
+    for packet in packets:
+        batch.add(packet, extension)
+    batch.flush()
+    stamped = [
+        bytes([packet[0] | 0x10]) + packet[1:12] + extension + packet[12:] for packet in packets
+    ]
+    assert receive(receiver, 3) == expected(stamped)
+    assert RtpHeader.parse(stamped[0]).extensions == {3: b"\x00\x2a"}
     batch.close()
 
 
