@@ -255,6 +255,26 @@ class Consumer:
             self.first_forwarded_at = time.monotonic()
         self._send_rtp(packet)
 
+    def probe_packets(self, count: int) -> list[bytes]:
+        """Up to ``count`` packets that only probe the subscriber's bandwidth.
+
+        With rtx negotiated: copies of the most recently forwarded packets on the RTX
+        stream (libwebrtc's payload padding): full-sized, anywhere between frames, and
+        dropped by the subscriber as duplicates. Otherwise padding-only packets
+        (:meth:`padding_packets`).
+        """
+        if self.rtx_payload_type is None or not self.active or self.needs_key_frame:
+            return self.padding_packets(count)
+        newest = self._munger.last_sequence_number
+        probes = []
+        for back in range(min(count, RETRANSMISSION_CACHE_SIZE)):
+            seq = (newest - back) & 0xFFFF
+            packet = self._cache[seq & _SEQ_MASK]
+            if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
+                break
+            probes.append(self._rtx_packet(packet, seq))
+        return probes
+
     def retransmit(self, lost: list[int]) -> int:
         """Answer a NACK from the subscriber out of the cache; returns packets resent.
 
@@ -270,24 +290,26 @@ class Consumer:
             if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
                 continue
             if rtx_payload_type is not None:
-                self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
-                packet = b"".join(
-                    (
-                        _RTX_HEADER.pack(
-                            0x80,
-                            (packet[1] & 0x80) | rtx_payload_type,
-                            self._rtx_sequence,
-                            packet[4:8],
-                            self.rtx_ssrc,
-                            seq,
-                        ),
-                        packet[12:],
-                    )
-                )
+                packet = self._rtx_packet(packet, seq)
             self._send_rtp(packet)
             sent += 1
         self.retransmissions += sent
         return sent
+
+    def _rtx_packet(self, packet: bytes, seq: int) -> bytes:
+        """``packet`` (sequence number ``seq``) wrapped for the RTX stream (RFC 4588
+        section 4)."""
+        assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
+        self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
+        header = _RTX_HEADER.pack(
+            0x80,
+            (packet[1] & 0x80) | self.rtx_payload_type,
+            self._rtx_sequence,
+            packet[4:8],
+            self.rtx_ssrc,
+            seq,
+        )
+        return header + packet[12:]
 
     def padding_packets(self, count: int) -> list[bytes]:
         """``count`` padding-only RTP packets (RFC 3550 section 5.1, P bit) for

@@ -96,7 +96,10 @@ UNKNOWN_ESTIMATE = 1_000_000_000
 """Bits/s assumed for a subscriber that sends no bandwidth feedback at all: only its own
 preferences limit what it gets."""
 MAX_PROBE_PACKETS = 40
-"""Padding packets sent at most per tick (about 2 Mbit/s at the 50 ms tick)."""
+"""Probe packets sent at most per tick: about 2 Mbit/s of padding-only packets at the
+50 ms tick, about 8 Mbit/s of RTX copies of media."""
+PROBE_PACKET_SIZE = 1100
+"""Bytes assumed per RTX probe packet (a copy of a forwarded video packet)."""
 
 _SSRC = struct.Struct("!I")
 _RTX_HEADER = struct.Struct("!BBHII")
@@ -773,9 +776,11 @@ class Participant:
         rate = self._bwe.wants_probe(now, self._probe_target)
         if rate <= 0:
             return
-        count = min(MAX_PROBE_PACKETS, int(rate * elapsed / (PADDING_SIZE + 12)))
+        budget = int(rate * elapsed)
         for consumer in self.consumers():
-            packets = consumer.padding_packets(count)
+            size = PROBE_PACKET_SIZE if consumer.rtx_payload_type is not None else PADDING_SIZE
+            count = min(MAX_PROBE_PACKETS, budget // (size + 12))
+            packets = consumer.probe_packets(count)
             if packets:
                 for packet in packets:
                     self._send_media(packet, probe=True)

@@ -189,6 +189,24 @@ async def test_nack_is_answered_on_the_rtx_stream_when_negotiated():
         assert packet[14:] == original[12:]
 
 
+async def test_probes_are_rtx_copies_of_the_newest_packets_when_rtx_is_negotiated():
+    sub = Recorder()
+    producer = make_producer("video")
+    consumer = make_consumer(producer, sub, payload_type=98)
+    feed(producer, 1, 9000, VP8_KEY)
+    feed(producer, 2, 9000, VP8_CONTINUATION)  # mid-frame: no padding possible
+    assert consumer.probe_packets(3) == []
+    consumer.activate(98, rtx_payload_type=99)
+    probes = consumer.probe_packets(3)
+    assert len(probes) == 2, "only what was forwarded"
+    headers = [RtpHeader.parse(p) for p in probes]
+    assert {h.ssrc for h in headers} == {consumer.rtx_ssrc}
+    assert {h.payload_type for h in headers} == {99}
+    newest, older = sub.packets[1], sub.packets[0]
+    assert [p[12:14] for p in probes] == [newest[2:4], older[2:4]]
+    assert [p[14:] for p in probes] == [newest[12:], older[12:]]
+
+
 def test_audio_consumers_have_no_rtx_stream():
     consumer = make_consumer(make_producer("audio"), Recorder(), payload_type=111)
     consumer.activate(111, rtx_payload_type=112)
