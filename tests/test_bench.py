@@ -106,6 +106,8 @@ def test_recvonly_answer_fits_the_servers_offer():
         SessionDescription.parse(str(offer)), _local("bench"), 3, transport_cc=True
     )
     assert TRANSPORT_WIDE_CC in with_feedback.media[0].header_extension_ids()
+    assert [c.name for c in with_feedback.media[0].codecs] == ["VP8", "rtx"]
+    assert [c.name for c in answer.media[0].codecs] == ["VP8"]
 
 
 def test_simulcast_publisher_offers_three_rids_like_chrome():

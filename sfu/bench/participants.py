@@ -436,9 +436,10 @@ def create_recvonly_answer(
     offer: SessionDescription, local: LocalTransport, version: int, transport_cc: bool = False
 ) -> SessionDescription:
     """Answer the SFU's subscribe offer: receive every sendonly m-line with its first
-    codec, keep the others inactive, take the DTLS client role. The transport-wide
-    sequence number is accepted only with ``transport_cc`` (a subscriber that sends
-    transport-cc feedback)."""
+    codec, keep the others inactive, take the DTLS client role. With ``transport_cc``
+    (a subscriber that sends transport-cc feedback, as browsers do) the transport-wide
+    sequence number and rtx are accepted too, so the SFU estimates and probes as it
+    does for a browser."""
     answer = SessionDescription(
         session_id=offer.session_id,
         session_version=version,
@@ -449,6 +450,8 @@ def create_recvonly_answer(
     for offered in offer.media:
         receiving = offered.direction in ("sendonly", "sendrecv")
         codecs = [c for c in offered.codecs if not c.is_rtx][:1]
+        if transport_cc and codecs:
+            codecs += [c for c in offered.codecs if c.is_rtx and c.apt == codecs[0].payload_type]
         section = MediaSection(
             kind=offered.kind,
             port=9 if codecs else 0,
@@ -505,6 +508,9 @@ class BenchSubscriber(_Participant):
         self.padding_received = 0
         """Padding-only packets (bandwidth probes) among the received packets."""
         self.padding_bytes = 0
+        self.rtx_received = 0
+        """Packets on RTX streams (retransmissions and probes), not counted as media."""
+        self._rtx_ssrcs: set[int] = set()
         self._capped_tracks: set[str] = set()
         self.streams: dict[int, ReceiveStatistics] = {}
         """Receive statistics by SSRC, for every SSRC that sent a packet."""
@@ -540,7 +546,8 @@ class BenchSubscriber(_Participant):
             if section.direction != "sendonly" or not section.codecs:
                 continue
             repair = {g.ssrcs[1] for g in section.ssrc_groups if g.semantics == "FID"}
-            for ssrc in section.ssrcs.keys() - repair:  # the answer declines rtx
+            self._rtx_ssrcs |= repair
+            for ssrc in section.ssrcs.keys() - repair:
                 expected.add(ssrc)
                 self._clock_rates[ssrc] = section.codecs[0].clock_rate
         self.expected_ssrcs = expected
@@ -568,6 +575,10 @@ class BenchSubscriber(_Participant):
     def _on_rtp(self, data: bytes) -> None:
         ssrc = _SSRC.unpack_from(data, 8)[0]
         stream = self.streams.get(ssrc)
+        if stream is None and ssrc in self._rtx_ssrcs:
+            self.rtx_received += 1
+            self._record_transport_cc(data, time.time())
+            return
         if stream is None:
             self._media_started()
             stream = ReceiveStatistics(ssrc, self._clock_rates.get(ssrc, 90000))
@@ -575,17 +586,24 @@ class BenchSubscriber(_Participant):
         sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
         now = time.time()
         stream.add(sequence, timestamp, len(data), now)
-        if self._transport_cc_id is not None:
-            try:
-                start, extensions = read_payload_and_extensions(data)
-            except ValueError:
-                return
-            value = extensions.get(self._transport_cc_id)
-            if value is not None and len(value) == 2:
-                self._feedback.add(decode_transport_sequence_number(value), now)
-            if data[0] & 0x20 and start + data[-1] == len(data):
-                self.padding_received += 1
-                self.padding_bytes += len(data)
+        start = self._record_transport_cc(data, now)
+        if start is not None and data[0] & 0x20 and start + data[-1] == len(data):
+            self.padding_received += 1
+            self.padding_bytes += len(data)
+
+    def _record_transport_cc(self, data: bytes, now: float) -> int | None:
+        """Record the packet's transport-wide sequence number for the next feedback;
+        returns its payload offset (None: not recording, or a malformed header)."""
+        if self._transport_cc_id is None:
+            return None
+        try:
+            start, extensions = read_payload_and_extensions(data)
+        except ValueError:
+            return None
+        value = extensions.get(self._transport_cc_id)
+        if value is not None and len(value) == 2:
+            self._feedback.add(decode_transport_sequence_number(value), now)
+        return start
 
     async def _send_feedback(self) -> None:
         assert self.session is not None
