@@ -122,6 +122,8 @@ class SendBatch:
         self._release = weakref.finalize(self, os.close, self._fd)
         """Closes the duplicate once: at :meth:`close`, or when the batch is collected."""
         self._scheduler = scheduler
+        self._session = session
+        """Kept alive here: libsrtp's context (``_srtp``) is freed with the session."""
         self._srtp = session._srtp
         self._protect = _srtp_lib.srtp_protect
         self._length = _srtp_ffi.new("int *")

@@ -133,12 +133,19 @@ class WorkerService:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
+            # A bug in one round must not end the heartbeats: the cluster would take
+            # this worker for dead and move every room off it.
             try:
                 await self._heartbeat()
                 await self._sweep_orphans()
             except BackendUnavailable as exc:
                 logger.warning("heartbeat failed (media keeps flowing): %s", exc)
-            await self._check_drain()
+            except Exception:
+                logger.exception("heartbeat round failed")
+            try:
+                await self._check_drain()
+            except Exception:
+                logger.exception("drain check failed")
 
     async def _heartbeat(self) -> None:
         # Registering while not subscribed would make nodes evict this worker again.
