@@ -102,7 +102,13 @@ class RpcClient:
 
     async def _read(self, subscription: Subscription) -> None:
         while True:
-            data = await subscription.get(POLL_SECONDS)
+            try:
+                data = await subscription.get(POLL_SECONDS)
+            except Exception:
+                # Ending this loop would leave the worker registered but deaf.
+                logger.exception("reading requests failed")
+                await asyncio.sleep(POLL_SECONDS)
+                continue
             if data is None:
                 continue
             try:
