@@ -19,6 +19,9 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sfu.cluster.backend import WORKERS_SET, BackendUnavailable, WorkerInfo, worker_channel
@@ -157,8 +160,16 @@ class RedisBackend:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self._url = url
         # Short socket timeouts: a dead Redis must fail a join quickly, not hang it.
+        # One immediate retry on a connection error: after Redis restarts, every pooled
+        # connection fails its first command ("Connection closed by server"); without
+        # the retry an RPC reply or a join placement would be lost to that.
         self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         # Blocking stream reads get a connection of their own with a longer timeout.
         self._reader = redis.Redis.from_url(
@@ -166,6 +177,8 @@ class RedisBackend:
             socket_connect_timeout=timeout,
             socket_timeout=timeout + 5.0,
             decode_responses=True,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._place = self._client.register_script(_PLACE_ROOM)
         self._renew = self._client.register_script(_RENEW_ROOMS)
