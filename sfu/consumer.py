@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from sfu.allocator import LayerInfo, TrackAllocationInput
 from sfu.producer import TEMPORAL_LAYERS
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
-from sfu.rtp.vp8 import is_vp8_frame_start
+from sfu.rtp.vp8 import is_vp8_frame_start, is_vp8_keyframe, vp8_layer_sync
 from sfu.rtp_munger import RtpMunger
 from sfu.vp8_munger import Vp8Munger
 
@@ -223,15 +223,20 @@ class Consumer:
         own transport-wide sequence number). ``tid`` is the packet's VP8 temporal
         layer (-1: none): packets above the consumer's temporal limit are dropped
         without leaving gaps in the sequence numbers or picture ids. The limit moves
-        at frame starts: down at any, up at a base-layer (TID 0) frame, whose
-        successors of every temporal layer only refer to frames the subscriber has.
+        at frame starts: down at any; up one layer at a time, at a frame of that layer
+        with the layer-sync bit (it refers only to base-layer frames, which the
+        subscriber has), or at once at a key frame or in a stream without temporal
+        layers (RFC 7741 section 4.2).
         """
         if not self.active or self.paused or self.needs_key_frame:
             return
         limit = self._temporal_limit
         target = self._temporal_target
-        if target != limit and (target < limit or tid <= 0) and is_vp8_frame_start(payload):
-            self._temporal_limit = limit = target
+        if target != limit and is_vp8_frame_start(payload):
+            if target < limit or tid < 0 or is_vp8_keyframe(payload):
+                self._temporal_limit = limit = target
+            elif limit < tid <= target and vp8_layer_sync(payload):
+                self._temporal_limit = limit = tid
         if tid > limit:
             self._munger.drop(seq)
             if self._vp8 is not None:

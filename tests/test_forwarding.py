@@ -213,13 +213,14 @@ def test_audio_consumers_have_no_rtx_stream():
     assert consumer.rtx_ssrc is None and consumer.rtx_payload_type is None
 
 
-def vp8_frame(picture_id: int, tl0: int, tid: int, key: bool = False) -> bytes:
+def vp8_frame(picture_id: int, tl0: int, tid: int, key: bool = False, sync: bool = False) -> bytes:
     descriptor = Vp8Descriptor(
         start_of_partition=True,
         picture_id=picture_id,
         picture_id_length=15,
         tl0picidx=tl0,
         tid=tid,
+        layer_sync=sync,
     )
     return bytes(descriptor) + (b"\x00\x9d\x01\x2a" if key else b"\x01\x00\x00")
 
@@ -244,16 +245,39 @@ def test_temporal_layers_above_the_target_are_dropped_without_gaps():
     assert [d.tl0picidx for d in descriptors] == [1, 2, 3]
     assert consumer.current_temporal_layer == 0
 
-    # Raised: only from the next base-layer frame on.
+    # Raised: a layer at a time, each from a frame of it with the layer-sync bit (it
+    # refers only to TL0 frames); a non-sync TID 2 frame may refer to dropped ones.
     consumer.set_target_temporal_layer(None)
-    for index, tid in enumerate([2, 1, 2, 0, 2, 1], start=len(tids)):
+    frames = [(2, False), (1, True), (2, False), (0, False), (2, True), (1, False), (2, False)]
+    for index, (tid, sync) in enumerate(frames, start=len(tids)):
         tl0 += tid == 0
-        feed(producer, 50 + index, index * 3000, vp8_frame(700 + index, tl0, tid), True)
+        payload = vp8_frame(700 + index, tl0, tid, sync=sync)
+        feed(producer, 50 + index, index * 3000, payload, True)
     descriptors = [Vp8Descriptor.parse(p[12:]) for p in sub.packets[3:]]
-    assert [(d.tid, d.picture_id) for d in descriptors] == [(0, 703), (2, 704), (1, 705)]
-    assert consumer.current_temporal_layer is None
+    assert [(d.tid, d.picture_id) for d in descriptors] == [
+        (1, 703),
+        (0, 704),
+        (2, 705),
+        (1, 706),
+        (2, 707),
+    ]
+    assert consumer.current_temporal_layer == 2
     sequence_numbers = [h.sequence_number for h in sub.headers()]
-    assert sequence_numbers == [(sequence_numbers[0] + i) & 0xFFFF for i in range(6)]
+    assert sequence_numbers == [(sequence_numbers[0] + i) & 0xFFFF for i in range(8)]
+
+
+async def test_a_key_frame_lifts_the_temporal_limit_at_once():
+    sub = Recorder()
+    producer = make_producer("video")
+    consumer = make_consumer(producer, sub, payload_type=98)
+    consumer.set_target_temporal_layer(0)
+    feed(producer, 1, 0, vp8_frame(10, 1, 0, key=True), True)
+    feed(producer, 2, 3000, vp8_frame(11, 1, 2), True)  # dropped
+    consumer.set_target_temporal_layer(None)
+    feed(producer, 3, 6000, vp8_frame(12, 2, 0, key=True), True)
+    feed(producer, 4, 9000, vp8_frame(13, 2, 2), True)
+    assert [Vp8Descriptor.parse(p[12:]).tid for p in sub.packets] == [0, 0, 2]
+    assert consumer.current_temporal_layer is None
 
 
 def test_sender_report_is_translated_from_the_publishers():

@@ -9,6 +9,7 @@ from sfu.rtp.vp8 import (
     is_vp8_frame_start,
     is_vp8_keyframe,
     rewrite_vp8_descriptor,
+    vp8_layer_sync,
     vp8_temporal_id,
 )
 
@@ -290,3 +291,15 @@ def test_vp8_frame_start() -> None:
     assert not is_vp8_frame_start(bytes(Vp8Descriptor(start_of_partition=False)) + b"\x00")
     assert not is_vp8_frame_start(bytes(Vp8Descriptor(start_of_partition=True, partition_id=1)))
     assert not is_vp8_frame_start(b"")
+
+
+def test_vp8_layer_sync() -> None:
+    synced = Vp8Descriptor(True, picture_id=300, picture_id_length=15, tl0picidx=7, tid=1)
+    assert not vp8_layer_sync(bytes(synced) + b"\x00")
+    synced = Vp8Descriptor(
+        True, picture_id=300, picture_id_length=15, tl0picidx=7, tid=1, layer_sync=True
+    )
+    assert vp8_layer_sync(bytes(synced) + b"\x00")
+    assert vp8_layer_sync(bytes(Vp8Descriptor(True, tid=2, layer_sync=True)))
+    assert not vp8_layer_sync(bytes(Vp8Descriptor(True, picture_id=5, picture_id_length=7)))
+    assert not vp8_layer_sync(b"\x90\xa0")  # T announced, descriptor cut short

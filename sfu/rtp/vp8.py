@@ -205,6 +205,22 @@ def vp8_temporal_id(data: bytes, offset: int = 0) -> int:
     return data[pos] >> 6 if pos < size else -1
 
 
+def vp8_layer_sync(payload: bytes) -> bool:
+    """The Y bit of a VP8 payload descriptor (RFC 7741 section 4.2): this frame refers
+    only to base-layer (TL0) frames, so a receiver can start its temporal layer here.
+    False when the descriptor carries no TID or is truncated."""
+    size = len(payload)
+    if size < 2 or not payload[0] & _X or not payload[1] & _T:
+        return False
+    extension = payload[1]
+    pos = 2
+    if extension & _I:
+        pos += 2 if size > pos and payload[pos] & _M else 1
+    if extension & _L:
+        pos += 1
+    return pos < size and bool(payload[pos] & _Y)
+
+
 def is_vp8_frame_start(payload: bytes) -> bool:
     """True for the first packet of a frame (start of partition 0)."""
     return bool(payload) and payload[0] & 0x17 == _S
