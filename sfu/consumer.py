@@ -262,16 +262,10 @@ class Consumer:
 
     def request_key_frame(self) -> None:
         """The subscriber lost its picture (PLI, FIR): ask the publisher for a key frame
-        of the stream this consumer forwards, or of the one it waits to start on, not of
-        every layer."""
-        if not self.needs_key_frame:
-            stream = self.current_stream
-        elif self.target_layer is not None:
-            stream = self.producer.stream_for_layer(self.target_layer)
-        else:
-            return
-        if stream is not None:
-            self.producer.request_key_frame(stream)
+        of the stream this consumer forwards, not of every layer. A consumer waiting
+        for a layer already asked for that layer's key frame when it started waiting."""
+        if self.current_stream is not None and not self.needs_key_frame:
+            self.producer.request_key_frame(self.current_stream)
 
     def probe_packets(self, count: int) -> list[bytes]:
         """Up to ``count`` packets that only probe the subscriber's bandwidth.

@@ -329,10 +329,6 @@ async def test_a_subscribers_picture_loss_asks_for_its_own_layer_only():
     q, h, f = (producer.add_stream(ssrc, rid) for ssrc, rid in ((1, "q"), (2, "h"), (3, "f")))
     consumer = make_consumer(producer, sub)
     consumer.set_target_layer(1)
-    await asyncio.sleep(0.35)  # past the throttle of the requests the start made
-    pub.plis.clear()
-    consumer.request_key_frame()  # still waiting: the layer it waits for is asked again
-    assert pub.plis == [h.ssrc]
     key_frame = build_rtp_packet(
         payload_type=96, sequence_number=7, timestamp=0, ssrc=h.ssrc, payload=VP8_KEY
     )
