@@ -260,13 +260,6 @@ class Consumer:
             self.first_forwarded_at = time.monotonic()
         self._send_rtp(packet)
 
-    def request_key_frame(self) -> None:
-        """The subscriber lost its picture (PLI, FIR): ask the publisher for a key frame
-        of the stream this consumer forwards, not of every layer. A consumer waiting
-        for a layer already asked for that layer's key frame when it started waiting."""
-        if self.current_stream is not None and not self.needs_key_frame:
-            self.producer.request_key_frame(self.current_stream)
-
     def probe_packets(self, count: int) -> list[bytes]:
         """Up to ``count`` packets that only probe the subscriber's bandwidth.
 
@@ -275,7 +268,7 @@ class Consumer:
         dropped by the subscriber as duplicates. Otherwise padding-only packets
         (:meth:`padding_packets`).
         """
-        if self.rtx_payload_type is None or not self.active or self.paused or self.needs_key_frame:
+        if self.rtx_payload_type is None or not self.active or self.needs_key_frame:
             return self.padding_packets(count)
         newest = self._munger.last_sequence_number
         probes = []
