@@ -260,6 +260,19 @@ class Consumer:
             self.first_forwarded_at = time.monotonic()
         self._send_rtp(packet)
 
+    def request_key_frame(self) -> None:
+        """The subscriber lost its picture (PLI, FIR): ask the publisher for a key frame
+        of the stream this consumer forwards, or of the one it waits to start on, not of
+        every layer."""
+        if not self.needs_key_frame:
+            stream = self.current_stream
+        elif self.target_layer is not None:
+            stream = self.producer.stream_for_layer(self.target_layer)
+        else:
+            return
+        if stream is not None:
+            self.producer.request_key_frame(stream)
+
     def probe_packets(self, count: int) -> list[bytes]:
         """Up to ``count`` packets that only probe the subscriber's bandwidth.
 
@@ -268,7 +281,7 @@ class Consumer:
         dropped by the subscriber as duplicates. Otherwise padding-only packets
         (:meth:`padding_packets`).
         """
-        if self.rtx_payload_type is None or not self.active or self.needs_key_frame:
+        if self.rtx_payload_type is None or not self.active or self.paused or self.needs_key_frame:
             return self.padding_packets(count)
         newest = self._munger.last_sequence_number
         probes = []

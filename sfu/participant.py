@@ -636,13 +636,13 @@ class Participant:
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
                     consumer.plis_received += 1
-                    consumer.producer.request_key_frame()
+                    consumer.request_key_frame()
             elif isinstance(packet, rtcp.FullIntraRequest):
                 for ssrc, _ in packet.entries:
                     consumer = self._consumers_by_ssrc.get(ssrc)
                     if consumer is not None:
                         consumer.firs_received += 1
-                        consumer.producer.request_key_frame()
+                        consumer.request_key_frame()
             elif isinstance(packet, rtcp.GenericNack):
                 consumer = self._consumers_by_ssrc.get(packet.media_ssrc)
                 if consumer is not None:
@@ -771,8 +771,8 @@ class Participant:
             self._probe_target = allocation.total + wanted
 
     def _probe(self, now: float, elapsed: float) -> None:
-        """Top the media up with padding-only packets while the estimator probes whether
-        the allocation's wish fits."""
+        """Top the media up with probe packets (RTX copies of media, or padding-only
+        packets) while the estimator probes whether the allocation's wish fits."""
         rate = self._bwe.wants_probe(now, self._probe_target)
         if rate <= 0:
             return

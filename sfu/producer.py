@@ -288,20 +288,17 @@ class Producer:
             return None
         return sr.ntp_timestamp, sr.rtp_timestamp, sr.arrival
 
-    def request_key_frame(self, stream: RtpStream | None = None) -> None:
-        """A consumer needs a key frame of ``stream`` (default: every layer that has
-        consumers waiting or forwarding); throttled per stream."""
+    def request_key_frame(self, stream: RtpStream) -> None:
+        """A consumer needs a key frame of ``stream``; throttled per stream."""
         if self.kind != "video":
             return
-        streams = [stream] if stream is not None else list(self.streams.values())
-        for target in streams:
-            delay = target.key_frames.request(time.time())
-            if delay is None:
-                continue
-            if delay == 0:
-                self._send_key_frame_request(target.ssrc)
-            else:
-                asyncio.get_running_loop().call_later(delay, self._retry_key_frame, target)
+        delay = stream.key_frames.request(time.time())
+        if delay is None:
+            return
+        if delay == 0:
+            self._send_key_frame_request(stream.ssrc)
+        else:
+            asyncio.get_running_loop().call_later(delay, self._retry_key_frame, stream)
 
     def _retry_key_frame(self, stream: RtpStream) -> None:
         if stream.ssrc in self.streams and stream.key_frames.retry(time.time()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
@@ -182,15 +183,19 @@ def test_short_run_against_a_spawned_server(capsys):
     assert command == "command: python -m sfu.bench --scenario 1x2 --duration 3 --warmup 1"
 
 
-def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
-    status = runner.main(
-        ["--simulcast", "--scenario", "1x3", "--duration", "3", "--warmup", "1", "--json"]
-    )
+def short_json_run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    """A 3 s run of one scenario against a spawned server, its ``--json`` output."""
+    status = runner.main([*args, "--duration", "3", "--warmup", "1", "--json"])
     out = capsys.readouterr().out
     assert status == 0, out
-    (result,) = json.loads(out)["results"]
+    return json.loads(out)
+
+
+def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
+    output = short_json_run(capsys, "--simulcast", "--scenario", "1x3")
+    (result,) = output["results"]
     assert result["mode"] == "simulcast"
-    assert [clip["width"] for clip in json.loads(out)["clips"]] == [160, 320, 640]
+    assert [clip["width"] for clip in output["clips"]] == [160, 320, 640]
     mix = result["layer_mix"]
     assert [(m["max_spatial_layer"], m["subscribers"]) for m in mix] == [(0, 1), (1, 1), (2, 1)]
     assert all(m["packets_per_second"] > 10 for m in mix)
@@ -200,12 +205,7 @@ def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
 
 
 def test_short_run_with_transport_cc_feedback(capsys):
-    status = runner.main(
-        ["--transport-cc", "--scenario", "1x2", "--duration", "3", "--warmup", "1", "--json"]
-    )
-    out = capsys.readouterr().out
-    assert status == 0, out
-    (result,) = json.loads(out)["results"]
+    (result,) = short_json_run(capsys, "--transport-cc", "--scenario", "1x2")["results"]
     assert result["packets_out_per_second"] > 100
     assert result["loss_percent"] < 5
 

@@ -304,13 +304,45 @@ async def test_key_frame_requests_are_throttled_per_stream():
     assert pub.plis == [], "no consumer, no key frame request"
     make_consumer(producer, Recorder())
     assert len(pub.plis) == 1, "a new consumer's stream is asked for a key frame at once"
+    stream = producer.streams[0xAAAA]
     for _ in range(10):
-        producer.request_key_frame()
+        producer.request_key_frame(stream)
     assert len(pub.plis) == 1, "requests within the interval wait"
     await asyncio.sleep(0.4)
     assert len(pub.plis) == 2, "and are folded into one retry"
     await asyncio.sleep(0.4)
     assert len(pub.plis) == 2
+
+
+async def test_a_subscribers_picture_loss_asks_for_its_own_layer_only():
+    pub, sub = Recorder(), Recorder()
+    producer = Producer(
+        "TR_x",
+        "PA_pub",
+        "video",
+        "0",
+        [Codec(96, "VP8", 90000)],
+        ["q", "h", "f"],
+        "camera",
+        pub.plis.append,
+    )
+    q, h, f = (producer.add_stream(ssrc, rid) for ssrc, rid in ((1, "q"), (2, "h"), (3, "f")))
+    consumer = make_consumer(producer, sub)
+    consumer.set_target_layer(1)
+    await asyncio.sleep(0.35)  # past the throttle of the requests the start made
+    pub.plis.clear()
+    consumer.request_key_frame()  # still waiting: the layer it waits for is asked again
+    assert pub.plis == [h.ssrc]
+    key_frame = build_rtp_packet(
+        payload_type=96, sequence_number=7, timestamp=0, ssrc=h.ssrc, payload=VP8_KEY
+    )
+    producer.receive(h, key_frame, 12, now=1000.0)
+    assert consumer.current_stream is h
+    await asyncio.sleep(0.35)  # past the throttle of the requests the switch made
+    pub.plis.clear()
+    consumer.request_key_frame()  # what a PLI or FIR from the subscriber does
+    assert pub.plis == [h.ssrc]
+    assert {q.ssrc, f.ssrc}.isdisjoint(pub.plis)
 
 
 @pytest.mark.parametrize(

@@ -187,10 +187,9 @@ def is_vp8_keyframe(payload: bytes) -> bool:
     return len(payload) > descriptor.size and not payload[descriptor.size] & 0x01
 
 
-def vp8_temporal_id(data: bytes, offset: int = 0) -> int:
-    """The temporal layer index (TID) of the VP8 payload descriptor at ``offset``, -1
-    when it carries none (no T bit) or is truncated; byte reads only, for the
-    per-packet path."""
+def _tid_byte(data: bytes, offset: int) -> int:
+    """Index of the TID/Y/KEYIDX byte of the VP8 payload descriptor at ``offset``, -1
+    when it has none (no T bit) or is truncated; byte reads only (per-packet path)."""
     size = len(data)
     if size < offset + 2 or not data[offset] & _X:
         return -1
@@ -202,23 +201,22 @@ def vp8_temporal_id(data: bytes, offset: int = 0) -> int:
         pos += 2 if size > pos and data[pos] & _M else 1
     if extension & _L:
         pos += 1
-    return data[pos] >> 6 if pos < size else -1
+    return pos if pos < size else -1
+
+
+def vp8_temporal_id(data: bytes, offset: int = 0) -> int:
+    """The temporal layer index (TID) of the VP8 payload descriptor at ``offset``, -1
+    when it carries none or is truncated."""
+    pos = _tid_byte(data, offset)
+    return data[pos] >> 6 if pos >= 0 else -1
 
 
 def vp8_layer_sync(payload: bytes) -> bool:
     """The Y bit of a VP8 payload descriptor (RFC 7741 section 4.2): this frame refers
     only to base-layer (TL0) frames, so a receiver can start its temporal layer here.
     False when the descriptor carries no TID or is truncated."""
-    size = len(payload)
-    if size < 2 or not payload[0] & _X or not payload[1] & _T:
-        return False
-    extension = payload[1]
-    pos = 2
-    if extension & _I:
-        pos += 2 if size > pos and payload[pos] & _M else 1
-    if extension & _L:
-        pos += 1
-    return pos < size and bool(payload[pos] & _Y)
+    pos = _tid_byte(payload, 0)
+    return pos >= 0 and bool(payload[pos] & _Y)
 
 
 def is_vp8_frame_start(payload: bytes) -> bool:
