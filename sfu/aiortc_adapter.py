@@ -344,22 +344,23 @@ class DtlsSrtpSession:
         batch_errors = self._batch.errors if self._batch is not None else 0
         return self._sendto_errors + batch_errors
 
-    def send_rtp(self, packet: bytes, extension: bytes = b"") -> None:
-        """Protect and send one RTP packet (at the end of this event-loop iteration,
-        batched with the others; see :mod:`sfu.send_batch`), with ``extension`` (a
-        header extension block) inserted after its fixed header when given; silently
+    def send_rtp(self, header: bytes, payload: bytes = b"", extension: bytes = b"") -> None:
+        """Protect and send one RTP packet, ``header`` followed by ``payload`` (at the end
+        of this event-loop iteration, batched with the others; see
+        :mod:`sfu.send_batch`), with ``extension`` (a header extension block) inserted
+        after ``header``, then the 12-byte fixed header alone, when given; silently
         dropped when not connected."""
         batch = self._batch
         if batch is not None:
-            batch.add(packet, extension)
+            batch.add(header, payload, extension)
             return
         sendto = self._sendto
         if sendto is None:
             return
         if extension:
-            packet = b"".join((bytes((packet[0] | 0x10,)), packet[1:12], extension, packet[12:]))
+            header = b"".join((bytes((header[0] | 0x10,)), header[1:], extension))
         try:
-            sendto(self._tx_srtp.protect(packet), self._remote_addr)  # type: ignore[union-attr]
+            sendto(self._tx_srtp.protect(header + payload), self._remote_addr)  # type: ignore[union-attr]
         except (pylibsrtp.Error, OSError):
             self._sendto_errors += 1
 

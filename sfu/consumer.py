@@ -38,14 +38,14 @@ RETRANSMISSION_CACHE_SIZE = 1024
 
 _HEADER = struct.Struct("!BBHII")
 _SEQ = struct.Struct("!H")
-_RTX_HEADER = struct.Struct("!BBH4sIH")
-"""An RTX packet's header (timestamp copied as bytes) and its original sequence number."""
+_TIMESTAMP = struct.Struct("!I")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
 PADDING_SIZE = 255
 """Bytes of one padding-only probe packet's payload (the most the count byte allows)."""
 _PADDING = bytes(PADDING_SIZE - 1) + bytes((PADDING_SIZE,))
 
-SendRtp = Callable[[bytes], None]
+SendRtp = Callable[[bytes, bytes], None]
+"""Sends one RTP packet given as its header and its payload."""
 
 
 class Consumer:
@@ -103,7 +103,9 @@ class Consumer:
         self._rtx_sequence = secrets.randbits(16)
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
         self._at_frame_boundary = False
-        self._cache: list[bytes | None] = [None] * RETRANSMISSION_CACHE_SIZE
+        self._cache: list[tuple[bytes, bytes] | None] = [None] * RETRANSMISSION_CACHE_SIZE
+        """Sent packets as (header, payload): the payload object is the one the
+        producer received (shared by its consumers) unless the VP8 munger rewrote it."""
 
     @property
     def current_layer(self) -> int | None:
@@ -249,16 +251,14 @@ class Consumer:
         out_seq, out_ts = translated
         if self._vp8 is not None:
             payload = self._vp8.rewrite(payload)
-        packet = (
-            _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc) + payload
-        )
-        self._cache[out_seq & _SEQ_MASK] = packet
+        header = _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
+        self._cache[out_seq & _SEQ_MASK] = (header, payload)
         self._at_frame_boundary = marker_bit != 0
         self.packets_sent += 1
         self.octets_sent += len(payload)
         if self.first_forwarded_at is None:
             self.first_forwarded_at = time.monotonic()
-        self._send_rtp(packet)
+        self._send_rtp(header, payload)
 
     def request_key_frame(self) -> None:
         """The subscriber lost its picture (PLI, FIR): ask the publisher for a key frame
@@ -273,8 +273,9 @@ class Consumer:
         if stream is not None:
             self.producer.request_key_frame(stream)
 
-    def probe_packets(self, count: int) -> list[bytes]:
-        """Up to ``count`` packets that only probe the subscriber's bandwidth.
+    def probe_packets(self, count: int) -> list[tuple[bytes, bytes]]:
+        """Up to ``count`` packets (header, payload) that only probe the subscriber's
+        bandwidth.
 
         With rtx negotiated: copies of the most recently forwarded packets on the RTX
         stream (libwebrtc's payload padding): full-sized, anywhere between frames, and
@@ -288,7 +289,7 @@ class Consumer:
         for back in range(min(count, RETRANSMISSION_CACHE_SIZE)):
             seq = (newest - back) & 0xFFFF
             packet = self._cache[seq & _SEQ_MASK]
-            if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
+            if packet is None or _SEQ.unpack_from(packet[0], 2)[0] != seq:
                 break
             probes.append(self._rtx_packet(packet, seq))
         return probes
@@ -305,32 +306,32 @@ class Consumer:
         rtx_payload_type = self.rtx_payload_type
         for seq in lost:
             packet = self._cache[seq & _SEQ_MASK]
-            if packet is None or _SEQ.unpack_from(packet, 2)[0] != seq:
+            if packet is None or _SEQ.unpack_from(packet[0], 2)[0] != seq:
                 continue
             if rtx_payload_type is not None:
                 packet = self._rtx_packet(packet, seq)
-            self._send_rtp(packet)
+            self._send_rtp(*packet)
             sent += 1
         self.retransmissions += sent
         return sent
 
-    def _rtx_packet(self, packet: bytes, seq: int) -> bytes:
+    def _rtx_packet(self, packet: tuple[bytes, bytes], seq: int) -> tuple[bytes, bytes]:
         """``packet`` (sequence number ``seq``) wrapped for the RTX stream (RFC 4588
-        section 4)."""
+        section 4): the RTX header, then the original sequence number and payload."""
         assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
+        header, payload = packet
         self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
-        header = _RTX_HEADER.pack(
+        rtx_header = _HEADER.pack(
             0x80,
-            (packet[1] & 0x80) | self.rtx_payload_type,
+            (header[1] & 0x80) | self.rtx_payload_type,
             self._rtx_sequence,
-            packet[4:8],
+            _TIMESTAMP.unpack_from(header, 4)[0],
             self.rtx_ssrc,
-            seq,
         )
-        return header + packet[12:]
+        return rtx_header, _SEQ.pack(seq) + payload
 
-    def padding_packets(self, count: int) -> list[bytes]:
-        """``count`` padding-only RTP packets (RFC 3550 section 5.1, P bit) for
+    def padding_packets(self, count: int) -> list[tuple[bytes, bytes]]:
+        """``count`` padding-only RTP packets (header, payload) (RFC 3550 section 5.1, P bit) for
         bandwidth probing, numbered right after the last forwarded packet.
 
         Only at a frame boundary (the last forwarded packet had the marker bit), so no
@@ -352,8 +353,10 @@ class Consumer:
             return []
         first, timestamp = reserved
         return [
-            _HEADER.pack(0xA0, self.payload_type, (first + i) & 0xFFFF, timestamp, self.ssrc)
-            + _PADDING
+            (
+                _HEADER.pack(0xA0, self.payload_type, (first + i) & 0xFFFF, timestamp, self.ssrc),
+                _PADDING,
+            )
             for i in range(count)
         ]
 

@@ -690,20 +690,21 @@ class Participant:
 
     # --- periodic RTCP ----------------------------------------------------------------
 
-    def _send_media(self, packet: bytes, probe: bool = False) -> None:
-        """Send one consumer packet, stamped with the subscribe transport's
-        transport-wide sequence number when the subscriber negotiated it."""
+    def _send_media(self, header: bytes, payload: bytes, probe: bool = False) -> None:
+        """Send one consumer packet (its 12-byte header and its payload), stamped with
+        the subscribe transport's transport-wide sequence number when the subscriber
+        negotiated it."""
         assert self.subscribe is not None
         extension_id = self._outgoing_transport_cc
         if extension_id is None:
-            self.subscribe.session.send_rtp(packet)
+            self.subscribe.session.send_rtp(header, payload)
             return
         sequence = self._outgoing_sequence = (self._outgoing_sequence + 1) & 0xFFFF
         extension = _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0)
         self._bwe.on_packet_sent(
-            sequence, len(packet) + len(extension), time.time(), is_padding=probe
+            sequence, len(header) + len(payload) + len(extension), time.time(), is_padding=probe
         )
-        self.subscribe.session.send_rtp(packet, extension)
+        self.subscribe.session.send_rtp(header, payload, extension)
 
     @property
     def estimated_bitrate(self) -> int | None:
@@ -782,8 +783,8 @@ class Participant:
             count = min(MAX_PROBE_PACKETS, budget // (size + 12))
             packets = consumer.probe_packets(count)
             if packets:
-                for packet in packets:
-                    self._send_media(packet, probe=True)
+                for header, payload in packets:
+                    self._send_media(header, payload, probe=True)
                 return
 
     def _receiver_reports(self, now: float) -> list[bytes]:

@@ -154,34 +154,36 @@ class SendBatch:
         """Packets dropped: too long, refused by libsrtp, or refused by the kernel
         (a full socket buffer, an unreachable peer)."""
 
-    def add(self, packet: bytes, extension: bytes = b"") -> None:
-        """Protect ``packet`` into the next slot; it is sent at the next flush.
+    def add(self, header: bytes, payload: bytes = b"", extension: bytes = b"") -> None:
+        """Protect one RTP packet, ``header`` followed by ``payload``, into the next
+        slot; it is sent at the next flush.
 
-        A non-empty ``extension`` (a whole RFC 8285 header extension block: profile,
-        length and elements) is inserted after the 12-byte fixed header, whose X bit is
-        set; ``packet`` must have no CSRCs and no extension of its own. This saves the
-        caller building a second copy of every packet it stamps.
+        The two parts are copied into the slot separately, so a forwarder hands over
+        its new header and the publisher's payload without joining them first. A
+        non-empty ``extension`` (a whole RFC 8285 header extension block: profile,
+        length and elements) is inserted between them, and the X bit set; ``header``
+        must then be the 12-byte fixed header alone.
         """
         count = self._count
         if count == SLOTS:
             self.flush()
             count = 0
-        size = len(packet) + len(extension)
-        if size > MAX_PACKET or self._closed:
+        head = len(header)
+        size = head + len(extension) + len(payload)
+        if size > MAX_PACKET or self._closed or (extension and head != RTP_HEADER_SIZE):
             self.errors += 1
             return
         slot = self._slots[count]
         offset = count * SLOT_SIZE
         view = self._view
+        end = offset + head
+        view[offset:end] = header
         if extension:
-            middle = offset + RTP_HEADER_SIZE
-            end = middle + len(extension)
-            view[offset:middle] = packet[:RTP_HEADER_SIZE]
-            view[offset] = packet[0] | 0x10
-            view[middle:end] = extension
-            view[end : offset + size] = memoryview(packet)[RTP_HEADER_SIZE:]
-        else:
-            view[offset : offset + size] = packet
+            view[offset] = header[0] | 0x10
+            start, end = end, end + len(extension)
+            view[start:end] = extension
+        if payload:
+            view[end : offset + size] = payload
         length = self._length
         length[0] = size
         if self._protect(self._srtp[0], slot, length):

@@ -24,6 +24,9 @@ class Recorder:
         self.packets: list[bytes] = []
         self.plis: list[int] = []
 
+    def send(self, header: bytes, payload: bytes) -> None:
+        self.packets.append(header + payload)
+
     def headers(self) -> list[RtpHeader]:
         return [RtpHeader.parse(p) for p in self.packets]
 
@@ -44,7 +47,7 @@ def make_producer(kind="video", recorder=None) -> Producer:
 
 def make_consumer(producer: Producer, recorder: Recorder, payload_type=96) -> Consumer:
     consumer_id = f"CO_{len(producer.consumers)}"
-    consumer = Consumer(consumer_id, producer, "PA_sub", recorder.packets.append)
+    consumer = Consumer(consumer_id, producer, "PA_sub", recorder.send)
     producer.add_consumer(consumer)
     consumer.activate(payload_type)
     return consumer
@@ -197,7 +200,7 @@ async def test_probes_are_rtx_copies_of_the_newest_packets_when_rtx_is_negotiate
     feed(producer, 2, 9000, VP8_CONTINUATION)  # mid-frame: no padding possible
     assert consumer.probe_packets(3) == []
     consumer.activate(98, rtx_payload_type=99)
-    probes = consumer.probe_packets(3)
+    probes = [header + payload for header, payload in consumer.probe_packets(3)]
     assert len(probes) == 2, "only what was forwarded"
     headers = [RtpHeader.parse(p) for p in probes]
     assert {h.ssrc for h in headers} == {consumer.rtx_ssrc}
@@ -394,7 +397,7 @@ async def test_padding_probes_are_numbered_between_frames():
     feed(producer, 10, 3000, VP8_KEY)
     assert consumer.padding_packets(2) == [], "not in the middle of a frame"
     feed(producer, 11, 3000, VP8_CONTINUATION, marker=True)
-    padding = consumer.padding_packets(2)
+    padding = [header + payload for header, payload in consumer.padding_packets(2)]
     feed(producer, 12, 6000, VP8_DELTA)
     headers = [RtpHeader.parse(p) for p in padding]
     assert [h.padding for h in headers] == [True, True]

@@ -80,7 +80,9 @@ def _vp8_key_frame(seq: int) -> bytes:
 def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
     producer = Producer("TR_a", "PA_a", "video", "0", [VP8], [], "camera", lambda ssrc: None)
     sent: list[bytes] = []
-    consumer = Consumer("CO_b", producer, "PA_b", sent.append)
+    consumer = Consumer(
+        "CO_b", producer, "PA_b", lambda header, payload: sent.append(header + payload)
+    )
     producer.add_consumer(consumer)
     monkeypatch.setattr(producer, "request_key_frame", lambda stream=None: None)
     consumer.activate(96)

@@ -111,7 +111,7 @@ def test_a_header_extension_block_is_inserted_after_the_fixed_header(receiver, s
     extension = bytes.fromhex("bede0001 31002a00")  # transport-wide sequence number 42
     packets = [rtp(seq, 700) for seq in range(3)]
     for packet in packets:
-        batch.add(packet, extension)
+        batch.add(packet[:12], packet[12:], extension)
     batch.flush()
     stamped = [
         bytes([packet[0] | 0x10]) + packet[1:12] + extension + packet[12:] for packet in packets
@@ -165,7 +165,8 @@ def test_bad_packets_and_kernel_errors_are_counted_not_raised(receiver, sender):
     batch = SendBatch(sender.fileno(), receiver.getsockname(), srtp_session(), ManualScheduler())
     batch.add(rtp(1, 1501))  # longer than a slot takes
     batch.add(b"\x80\x60")  # too short for libsrtp
-    assert (batch.packets_sent, batch.errors) == (0, 2)
+    batch.add(rtp(2, 100)[:16], b"payload", bytes.fromhex("bede0001 31002a00"))  # CSRC + ext
+    assert (batch.packets_sent, batch.errors) == (0, 3)
     batch.flush()
     # An IPv6 destination from an IPv4 socket: every message is refused.
     wrong_family = SendBatch(sender.fileno(), ("::1", 9), srtp_session(), ManualScheduler())
@@ -175,9 +176,9 @@ def test_bad_packets_and_kernel_errors_are_counted_not_raised(receiver, sender):
     wrong_family.flush()
     assert (wrong_family.packets_sent, wrong_family.errors) == (0, 4)
     wrong_family.close()
-    # The batch still works afterwards.
+    # The batch still works afterwards; a packet may come as header and payload.
     good = rtp(7, 300)
-    batch.add(good)
+    batch.add(good[:12], good[12:])
     batch.flush()
     assert receive(receiver, 1) == expected([good])
 
