@@ -41,6 +41,8 @@ from aiortc.rtcdtlstransport import (
     RTCDtlsTransport,
 )
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTransport
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from sfu.send_batch import SendBatch, flush_scheduler
 
@@ -56,9 +58,12 @@ PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
 )
 """Private methods this module overrides or calls. The private instance attributes it
 reads (``RTCIceGatherer._connection``, ``Connection._nominated`` and ``_queue``,
-``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, and, in :mod:`sfu.send_batch`,
+``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, and, here and in :mod:`sfu.send_batch`,
 pylibsrtp's ``Session._srtp`` and its ``_binding`` module) are exercised by the loopback
 test."""
+
+RECEIVE_BUFFER_SIZE = 2048
+"""Longest SRTP packet the fast path unprotects; longer ones are counted as errors."""
 
 RtpHandler = Callable[[bytes], None]
 
@@ -299,6 +304,13 @@ class DtlsSrtpSession:
         rx = self._rx_srtp
         on_rtp = self._on_rtp
         on_rtcp = self._on_rtcp
+        # SRTP packets are unprotected through libsrtp directly, into one buffer owned
+        # here: pylibsrtp's wrapper costs several Python calls per packet.
+        rx_context = rx._srtp[0]
+        buffer_data = _srtp_ffi.new("char[]", RECEIVE_BUFFER_SIZE)
+        buffer = _srtp_ffi.buffer(buffer_data)
+        length = _srtp_ffi.new("int *")
+        unprotect = _srtp_lib.srtp_unprotect
 
         def data_received(data: bytes, component: int) -> None:
             first = data[0] if data else 0
@@ -306,8 +318,17 @@ class DtlsSrtpSession:
                 try:
                     if 191 < data[1] < 224:
                         on_rtcp(rx.unprotect_rtcp(data))
-                    else:
-                        on_rtp(rx.unprotect(data))
+                        return
+                    size = len(data)
+                    if size > RECEIVE_BUFFER_SIZE:
+                        self.srtp_errors += 1
+                        return
+                    buffer[0:size] = data
+                    length[0] = size
+                    if unprotect(rx_context, buffer_data, length):
+                        self.srtp_errors += 1
+                        return
+                    on_rtp(buffer[0 : length[0]])
                 except pylibsrtp.Error:
                     self.srtp_errors += 1
                 except Exception as exc:  # a bug in a handler must not kill the socket
@@ -343,6 +364,13 @@ class DtlsSrtpSession:
         """RTP/RTCP packets that could not be protected or sent."""
         batch_errors = self._batch.errors if self._batch is not None else 0
         return self._sendto_errors + batch_errors
+
+    @property
+    def rtp_sender(self) -> Callable[[bytes, bytes], None]:
+        """The cheapest way to send RTP (header, payload) pairs without an extension:
+        the send batch's own ``add`` once the transport is up on a plain socket, else
+        :meth:`send_rtp`."""
+        return self._batch.add if self._batch is not None else self.send_rtp
 
     def send_rtp(self, header: bytes, payload: bytes = b"", extension: bytes = b"") -> None:
         """Protect and send one RTP packet, ``header`` followed by ``payload`` (at the end

@@ -149,10 +149,18 @@ class Consumer:
             current_temporal_layer=self.current_temporal_layer,
         )
 
-    def activate(self, payload_type: int, rtx_payload_type: int | None = None) -> None:
+    def activate(
+        self,
+        payload_type: int,
+        rtx_payload_type: int | None = None,
+        send_rtp: SendRtp | None = None,
+    ) -> None:
         """The subscriber accepted this consumer's m-line with ``payload_type`` (and
         ``rtx_payload_type`` for retransmissions, when it negotiated rtx) and its
-        transport is up: start forwarding (video from the next key frame)."""
+        transport is up: start forwarding (video from the next key frame), through
+        ``send_rtp`` when given (the transport's current send path)."""
+        if send_rtp is not None:
+            self._send_rtp = send_rtp
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type if self.rtx_ssrc is not None else None
         if not self.active:

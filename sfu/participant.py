@@ -26,7 +26,7 @@ from sfu.allocator import (
 )
 from sfu.bwe.feedback_generator import TransportCcFeedbackGenerator
 from sfu.bwe.send_side import SendSideBandwidthEstimator
-from sfu.consumer import PADDING_SIZE, Consumer
+from sfu.consumer import PADDING_SIZE, Consumer, SendRtp
 from sfu.data_channel import DataChannels
 from sfu.producer import Producer, RtpStream
 from sfu.protocol import (
@@ -246,9 +246,10 @@ class Participant:
         if transport is self.publish and self.data is not None:
             self.data.start(transport.session)
         if transport is self.subscribe:
+            sender = self._consumer_sender()
             for slot in self._slots:
                 if slot.consumer is not None and slot.payload_type is not None:
-                    slot.consumer.activate(slot.payload_type, slot.rtx_payload_type)
+                    slot.consumer.activate(slot.payload_type, slot.rtx_payload_type, sender)
 
     def _on_transport_failed(self, transport: Transport) -> None:
         if self._closed:
@@ -604,6 +605,7 @@ class Participant:
         for result in negotiated.values():
             if not result.rejected and TRANSPORT_WIDE_CC in result.header_extensions:
                 self._outgoing_transport_cc = result.header_extensions[TRANSPORT_WIDE_CC]
+        sender = self._consumer_sender() if connected else None
         for slot in self._slots:
             result = negotiated.get(slot.mid)
             if slot.consumer is None:
@@ -619,7 +621,7 @@ class Participant:
                 None,
             )
             if connected:
-                slot.consumer.activate(slot.payload_type, slot.rtx_payload_type)
+                slot.consumer.activate(slot.payload_type, slot.rtx_payload_type, sender)
         self._maybe_send_offer()
 
     def _on_subscribe_rtp(self, data: bytes) -> None:
@@ -689,6 +691,16 @@ class Participant:
             raise ProtocolError(ErrorCode.BAD_CANDIDATE, str(exc)) from exc
 
     # --- periodic RTCP ----------------------------------------------------------------
+
+    def _consumer_sender(self) -> SendRtp:
+        """How consumers send once the subscribe transport is up: straight into its
+        send batch, unless each packet needs the transport-wide sequence number
+        (:meth:`_send_media`). Consumers are re-activated with it at every answer, so a
+        renegotiation that adds transport-cc reaches them all."""
+        assert self.subscribe is not None
+        if self._outgoing_transport_cc is not None:
+            return self._send_media
+        return self.subscribe.session.rtp_sender
 
     def _send_media(self, header: bytes, payload: bytes, probe: bool = False) -> None:
         """Send one consumer packet (its 12-byte header and its payload), stamped with

@@ -214,10 +214,20 @@ class Vp8Munger:
         out_id = out_picture & _PICTURE_ID_MASK
         if out_id == picture_id and (out_tl0 is None or out_tl0 & _TL0PICIDX_MASK == payload[4]):
             return payload
-        head = bytes((payload[0], payload[1], 0x80 | (out_id >> 8), out_id & 0xFF))
         if out_tl0 is None:
-            return head + payload[4:]
-        return head + bytes((out_tl0 & _TL0PICIDX_MASK,)) + payload[5:]
+            head = bytes((payload[0], payload[1], 0x80 | (out_id >> 8), out_id & 0xFF))
+        else:
+            head = bytes(
+                (
+                    payload[0],
+                    payload[1],
+                    0x80 | (out_id >> 8),
+                    out_id & 0xFF,
+                    out_tl0 & _TL0PICIDX_MASK,
+                )
+            )
+        # One copy of the payload, not a slice and then a concatenation.
+        return b"".join((head, memoryview(payload)[len(head) :]))
 
     def drop(self, payload: bytes) -> None:
         """A packet of this layer is not forwarded (temporal layer filtering).
