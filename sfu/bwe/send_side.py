@@ -48,7 +48,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, WrapAroundExtender, diff
+from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, WrapAroundExtender
 from sfu.rtp.transport_feedback import (
     REFERENCE_TIME_BITS,
     REFERENCE_TIME_TICK_US,
@@ -62,10 +62,13 @@ DEFAULT_INITIAL_BITRATE = 600_000
 DEFAULT_MIN_BITRATE = 30_000
 DEFAULT_MAX_BITRATE = 30_000_000
 
-SEND_HISTORY = 10.0
-"""Seconds a sent packet waits for its feedback before it is forgotten."""
-HISTORY_TRIM_MASK = 0x3F
-"""The send history is trimmed once every 64 packets."""
+SEND_HISTORY_PACKETS = 4096
+"""Sent packets remembered for their feedback (seconds of video even at several Mbit/s;
+feedback comes every 100 ms or so): a ring indexed by transport sequence number, which
+costs no trimming. A power of two."""
+_HISTORY_MASK = SEND_HISTORY_PACKETS - 1
+_SEQUENCE_MASK = (1 << SEQUENCE_NUMBER_BITS) - 1
+_SEQUENCE_HALF = 1 << (SEQUENCE_NUMBER_BITS - 1)
 SEND_RATE_WINDOW = 0.5
 """Window (seconds of send time) of the media send rate the probe padding tops up."""
 
@@ -161,8 +164,14 @@ _LOST = 1
 _RECEIVED = 2
 
 
+def _first(item: tuple[int, _SentPacket, float]) -> int:
+    return item[0]
+
+
 @dataclass(slots=True)
 class _SentPacket:
+    sequence: int
+    """Extended transport sequence number (tells a ring slot's packet from an older one)."""
     size: int
     send_time: float
     probe_id: int | None
@@ -306,12 +315,19 @@ class _TrendlineDetector:
 
 
 def _linear_fit_slope(points: deque[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``points`` in one pass (runs once per packet group and
+    subscriber); x is taken relative to the first point, so the sums stay small."""
+    origin = points[0][0]
+    sum_x = sum_y = sum_xx = sum_xy = 0.0
+    for x, y in points:
+        x -= origin
+        sum_x += x
+        sum_y += y
+        sum_xx += x * x
+        sum_xy += x * y
     count = len(points)
-    mean_x = sum(x for x, _ in points) / count
-    mean_y = sum(y for _, y in points) / count
-    numerator = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    denominator = sum((x - mean_x) ** 2 for x, _ in points)
-    return numerator / denominator if denominator else None
+    denominator = count * sum_xx - sum_x * sum_x
+    return (count * sum_xy - sum_x * sum_y) / denominator if denominator else None
 
 
 class SendSideBandwidthEstimator:
@@ -335,7 +351,7 @@ class SendSideBandwidthEstimator:
 
         self._sequence_extender = WrapAroundExtender(SEQUENCE_NUMBER_BITS)
         self._reference_extender = WrapAroundExtender(REFERENCE_TIME_BITS)
-        self._sent: dict[int, _SentPacket] = {}
+        self._sent: list[_SentPacket | None] = [None] * SEND_HISTORY_PACKETS
         self._media_sent: deque[tuple[float, int]] = deque()
         self._media_sent_bytes = 0
 
@@ -422,16 +438,9 @@ class SendSideBandwidthEstimator:
             probe.sent_bytes += size
             probe.last_send = now
             probe.last_send_size = size
-        sent = self._sent
-        sent[extended] = _SentPacket(size, now, probe_id)
-        # This runs for every packet to every subscriber: old history is dropped in
-        # batches, and the media send rate is expired where it is read.
-        if not extended & HISTORY_TRIM_MASK:
-            while sent:
-                oldest = next(iter(sent))
-                if now - sent[oldest].send_time <= SEND_HISTORY:
-                    break
-                del sent[oldest]
+        # This runs for every packet to every subscriber: the history is a ring, and the
+        # media send rate is expired where it is read.
+        self._sent[extended & _HISTORY_MASK] = _SentPacket(extended, size, now, probe_id)
         if not is_padding:
             self._media_sent.append((now, size))
             self._media_sent_bytes += size
@@ -446,14 +455,18 @@ class SendSideBandwidthEstimator:
         if highest is None:
             return
         received: list[tuple[int, _SentPacket, float]] = []
+        sent = self._sent
+        # Per reported packet (every packet to every subscriber): calls inlined.
         for result in feedback.packets:
-            extended = highest + diff(
-                result.sequence_number, highest & 0xFFFF, SEQUENCE_NUMBER_BITS
-            )
-            packet = self._sent.get(extended)
-            if packet is None or packet.state == _RECEIVED:
+            delta = (result.sequence_number - highest) & _SEQUENCE_MASK  # seqnum.diff
+            if delta >= _SEQUENCE_HALF:
+                delta -= _SEQUENCE_MASK + 1
+            extended = highest + delta
+            packet = sent[extended & _HISTORY_MASK]
+            if packet is None or packet.sequence != extended or packet.state == _RECEIVED:
                 continue
-            if result.arrival_time_us is None:
+            arrival_us = result.arrival_time_us
+            if arrival_us is None:
                 if packet.state == _PENDING:
                     packet.state = _LOST
                     self._count_resolved(packet, lost=True)
@@ -463,15 +476,25 @@ class SendSideBandwidthEstimator:
             else:
                 self._count_resolved(packet, lost=False)
             packet.state = _RECEIVED
-            arrival = (result.arrival_time_us + offset_us) / 1_000_000
-            received.append((extended, packet, arrival))
-        received.sort(key=lambda item: item[0])
+            received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
+        received.sort(key=_first)
 
         overuse = False
+        probing = self._probe is not None
+        detector = self._detector
+        acked = self._acked
+        latest = self._latest_arrival
         for _, packet, arrival in received:
-            self._add_acked(arrival, packet.size)
-            self._add_to_probe(packet, arrival)
-            overuse = self._detector.add(packet.send_time, arrival) or overuse
+            acked.append((arrival, packet.size))
+            self._acked_bytes += packet.size
+            if arrival > latest:
+                latest = arrival
+            if probing:
+                self._add_to_probe(packet, arrival)
+            if detector.add(packet.send_time, arrival):
+                overuse = True
+        if received:
+            self._slide_acked_window(received[0][2], latest)
 
         if received:
             self._update_delay_based(_OVERUSE if overuse else self._detector.signal, now)
@@ -560,14 +583,14 @@ class SendSideBandwidthEstimator:
         if probe is not None and packet.probe_id == probe.probe_id:
             probe.resolved += 1
 
-    def _add_acked(self, arrival: float, size: int) -> None:
+    def _slide_acked_window(self, first: float, latest: float) -> None:
+        """Packets arrived up to ``latest`` (the first of them, in send order, at
+        ``first``) were appended to the acknowledged window: slide it."""
         if self._first_arrival is None:
-            self._first_arrival = arrival
-        self._latest_arrival = max(self._latest_arrival, arrival)
-        self._acked.append((arrival, size))
-        self._acked_bytes += size
+            self._first_arrival = first
+        self._latest_arrival = latest
         acked = self._acked
-        while acked and acked[0][0] <= self._latest_arrival - ACKED_WINDOW:
+        while acked and acked[0][0] <= latest - ACKED_WINDOW:
             self._acked_bytes -= acked.popleft()[1]
 
     def _acked_bitrate(self) -> float | None:
