@@ -238,24 +238,35 @@ class _TrendlineDetector:
         self.threshold = THRESHOLD_INITIAL
         self.signal = _NORMAL
 
-    def add(self, send_time: float, arrival: float) -> bool:
-        """Feed one received packet in send order; True when it completed an overuse."""
+    def add(self, received: list[tuple[int, _SentPacket, float]]) -> bool:
+        """Feed the packets one feedback reported received, as (sequence, packet,
+        arrival) in send order; True when one of them completed an overuse. Packets
+        sent within :data:`GROUP_SPAN` of a group's first form one group; each group
+        completed by the next one updates the trendline."""
+        overuse = False
         current = self._current
-        if current is None:
+        for _, packet, arrival in received:
+            send_time = packet.send_time
+            if current is None:
+                current = self._current = _Group(send_time, send_time, arrival)
+                continue
+            if send_time - current.first_send <= GROUP_SPAN:
+                if send_time > current.last_send:
+                    current.last_send = send_time
+                if arrival > current.last_arrival:
+                    current.last_arrival = arrival
+                continue
+            previous = self._previous
+            self._previous = current
             self._current = _Group(send_time, send_time, arrival)
-            return False
-        if send_time - current.first_send <= GROUP_SPAN:
-            current.last_send = max(current.last_send, send_time)
-            current.last_arrival = max(current.last_arrival, arrival)
-            return False
-        previous = self._previous
-        self._previous = current
-        self._current = _Group(send_time, send_time, arrival)
-        if previous is None:
-            return False
-        send_delta = current.last_send - previous.last_send
-        arrival_delta = current.last_arrival - previous.last_arrival
-        return self._update(send_delta, arrival_delta, current.last_arrival)
+            if previous is not None and self._update(
+                current.last_send - previous.last_send,
+                current.last_arrival - previous.last_arrival,
+                current.last_arrival,
+            ):
+                overuse = True
+            current = self._current
+        return overuse
 
     def _update(self, send_delta: float, arrival_delta: float, arrival: float) -> bool:
         if self._first_arrival is None:
@@ -479,9 +490,7 @@ class SendSideBandwidthEstimator:
             received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
         received.sort(key=_first)
 
-        overuse = False
         probing = self._probe is not None
-        detector = self._detector
         acked = self._acked
         latest = self._latest_arrival
         for _, packet, arrival in received:
@@ -491,8 +500,7 @@ class SendSideBandwidthEstimator:
                 latest = arrival
             if probing:
                 self._add_to_probe(packet, arrival)
-            if detector.add(packet.send_time, arrival):
-                overuse = True
+        overuse = self._detector.add(received)
         if received:
             self._slide_acked_window(received[0][2], latest)
 
