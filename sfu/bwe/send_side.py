@@ -467,6 +467,9 @@ class SendSideBandwidthEstimator:
             return
         received: list[tuple[int, _SentPacket, float]] = []
         sent = self._sent
+        probe = self._probe
+        probe_id = probe.probe_id if probe is not None else None
+        resolved = probe_resolved = 0
         # Per reported packet (every packet to every subscriber): calls inlined.
         for result in feedback.packets:
             delta = (result.sequence_number - highest) & _SEQUENCE_MASK  # seqnum.diff
@@ -484,13 +487,21 @@ class SendSideBandwidthEstimator:
                 continue
             if packet.state == _LOST:
                 self._loss_lost = max(self._loss_lost - 1, 0)
-            else:
-                self._count_resolved(packet, lost=False)
+            else:  # _count_resolved(packet, lost=False), counted after the loop
+                resolved += 1
+                if packet.probe_id is not None and packet.probe_id == probe_id:
+                    probe_resolved += 1
             packet.state = _RECEIVED
             received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
         received.sort(key=_first)
+        if resolved:
+            if self._loss_window_start is None:
+                self._loss_window_start = now
+            self._loss_total += resolved
+            if probe is not None:
+                probe.resolved += probe_resolved
 
-        probing = self._probe is not None
+        probing = probe is not None
         acked = self._acked
         latest = self._latest_arrival
         for _, packet, arrival in received:

@@ -92,7 +92,7 @@ def _delta_status(delta: int) -> int:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class PacketResult:
     """The fate of one transport-wide sequence number.
 
