@@ -104,6 +104,8 @@ PROBE_PACKET_SIZE = 1100
 _SSRC = struct.Struct("!I")
 _RTX_HEADER = struct.Struct("!BBHII")
 _TWCC_EXTENSION = struct.Struct("!HHBHB")
+_STAMPED_HEADER_SIZE = 12 + _TWCC_EXTENSION.size
+"""A consumer packet's header on the wire once stamped: fixed header and extension."""
 
 
 def _video_floor(tracks: list[TrackAllocationInput]) -> int:
@@ -714,7 +716,7 @@ class Participant:
         sequence = self._outgoing_sequence = (self._outgoing_sequence + 1) & 0xFFFF
         extension = _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0)
         self._bwe.on_packet_sent(
-            sequence, len(header) + len(payload) + len(extension), time.time(), is_padding=probe
+            sequence, _STAMPED_HEADER_SIZE + len(payload), time.time(), is_padding=probe
         )
         self.subscribe.session.send_rtp(header, payload, extension)
 

@@ -124,7 +124,8 @@ class SendBatch:
         self._scheduler = scheduler
         self._session = session
         """Kept alive here: libsrtp's context (``_srtp``) is freed with the session."""
-        self._srtp = session._srtp
+        self._context = session._srtp[0]
+        """libsrtp's ``srtp_t``, read once (indexing the cdata makes an object)."""
         self._protect = _srtp_lib.srtp_protect
         self._length = _srtp_ffi.new("int *")
         self._buffer = _ffi.new("char[]", SLOTS * SLOT_SIZE)
@@ -133,6 +134,7 @@ class SendBatch:
         self._sizes = [0] * SLOTS
         self._name = _ffi.new("char[]", sockaddr(address))
         self._iov = _ffi.new("struct iovec[]", SLOTS)
+        self._iov_entries = [self._iov[i] for i in range(SLOTS)]
         self._controls = _ffi.new("struct cmsg_u16[]", SLOTS)
         self._messages = _ffi.new("struct mmsghdr[]", SLOTS)
         self._runs = [0] * SLOTS
@@ -169,8 +171,9 @@ class SendBatch:
             self.flush()
             count = 0
         head = len(header)
-        size = head + len(extension) + len(payload)
-        if size > MAX_PACKET or self._closed or (extension and head != RTP_HEADER_SIZE):
+        stamp = len(extension)
+        size = head + stamp + len(payload)
+        if size > MAX_PACKET or self._closed or (stamp and head != RTP_HEADER_SIZE):
             self.errors += 1
             return
         slot = self._slots[count]
@@ -178,19 +181,19 @@ class SendBatch:
         view = self._view
         end = offset + head
         view[offset:end] = header
-        if extension:
+        if stamp:
             view[offset] = header[0] | 0x10
-            start, end = end, end + len(extension)
+            start, end = end, end + stamp
             view[start:end] = extension
         if payload:
             view[end : offset + size] = payload
         length = self._length
         length[0] = size
-        if self._protect(self._srtp[0], slot, length):
+        if self._protect(self._context, slot, length):
             self.errors += 1
             return
         size = length[0]
-        self._iov[count].iov_len = size
+        self._iov_entries[count].iov_len = size
         self._sizes[count] = size
         self._count = count + 1
         if count == 0:
