@@ -301,7 +301,8 @@ async def raw_join(url: str, room: str, identity: str) -> Any:
     socket = await ws_connect(ws_url)
     await socket.send(json.dumps({"type": "join", "token": token(room, identity)}))
     while True:
-        message = json.loads(await socket.recv())
+        async with asyncio.timeout(FRAME_TIMEOUT):
+            message = json.loads(await socket.recv())
         if message["type"] == "joined":
             return socket
         if message["type"] == "error":
@@ -346,7 +347,8 @@ async def test_redis_outage_keeps_media_and_refuses_joins_clearly(cluster, clien
     publisher = await join_av(cluster.lb_url, room, "pub", clients)
     subscriber = await join_av(cluster.lb_url, room, "sub", clients)
     remote = await subscriber.wait_for_track(participant_id=publisher.participant_id, kind="video")
-    await remote.track.recv()
+    async with asyncio.timeout(FRAME_TIMEOUT):
+        await remote.track.recv()
 
     cluster.stop_redis()
     try:

@@ -147,7 +147,8 @@ async def test_late_joiner_gets_a_key_frame_within_a_second(join):
     joined_at = time.monotonic()
     late = await join("late")
     remote = await late.wait_for_track(track_id=track_id, timeout=TRACK_TIMEOUT)
-    frame = await remote.track.recv()
+    async with asyncio.timeout(FRAME_TIMEOUT):
+        frame = await remote.track.recv()
     decoded_at = time.monotonic()
 
     assert isinstance(frame, av.VideoFrame)

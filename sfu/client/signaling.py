@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from sfu.client.errors import CONNECTION_CLOSED, PROTOCOL_VIOLATION, SfuError
+from sfu.client.errors import CONNECTION_CLOSED, PROTOCOL_VIOLATION, REQUEST_TIMEOUT, SfuError
 from sfu.protocol import (
     ErrorMessage,
     JoinedMessage,
@@ -70,6 +70,9 @@ def http_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path.rstrip("/"), "", ""))
 
 
+REQUEST_TIMEOUT_SECONDS = 20.0
+
+
 class SignalingChannel:
     """One signaling WebSocket.
 
@@ -85,6 +88,9 @@ class SignalingChannel:
         on_close: Callable[[], None],
     ) -> None:
         self._ws = ws
+        self.request_timeout = REQUEST_TIMEOUT_SECONDS
+        """Seconds a request waits for its reply (longer than the server's own waits
+        for a worker, so that its error arrives first)."""
         self._on_message = on_message
         self._on_close = on_close
         self._pending: dict[str, asyncio.Future[BaseModel]] = {}
@@ -123,13 +129,20 @@ class SignalingChannel:
             raise SfuError(CONNECTION_CLOSED, self._close_reason) from exc
 
     async def request(self, message: BaseModel, reply_type: type[ReplyT]) -> ReplyT:
-        """Send ``message`` and wait for its reply or its ``error``."""
+        """Send ``message`` and wait for its reply or its ``error``, at most
+        ``request_timeout`` seconds (then :class:`SfuError` ``request_timeout``)."""
         request_type: str = message.type  # type: ignore[attr-defined]
         async with self._lock(request_type):
             future = self._expect(request_type)
             try:
                 await self.send(message)
-                reply = await future
+                async with asyncio.timeout(self.request_timeout):
+                    reply = await future
+            except TimeoutError as exc:
+                raise SfuError(
+                    REQUEST_TIMEOUT,
+                    f"no reply to {request_type} in {self.request_timeout:g} s",
+                ) from exc
             finally:
                 self._pending.pop(request_type, None)
         if not isinstance(reply, reply_type):
