@@ -296,8 +296,8 @@ class Consumer:
         probes = []
         for back in range(min(count, RETRANSMISSION_CACHE_SIZE)):
             seq = (newest - back) & 0xFFFF
-            packet = self._cache[seq & _SEQ_MASK]
-            if packet is None or _SEQ.unpack_from(packet[0], 2)[0] != seq:
+            packet = self._cached(seq)
+            if packet is None:
                 break
             probes.append(self._rtx_packet(packet, seq))
         return probes
@@ -313,8 +313,8 @@ class Consumer:
         sent = 0
         rtx_payload_type = self.rtx_payload_type
         for seq in lost:
-            packet = self._cache[seq & _SEQ_MASK]
-            if packet is None or _SEQ.unpack_from(packet[0], 2)[0] != seq:
+            packet = self._cached(seq)
+            if packet is None:
                 continue
             if rtx_payload_type is not None:
                 packet = self._rtx_packet(packet, seq)
@@ -322,6 +322,13 @@ class Consumer:
             sent += 1
         self.retransmissions += sent
         return sent
+
+    def _cached(self, seq: int) -> tuple[bytes, bytes] | None:
+        """(header, payload) of the sent packet ``seq``, if the cache still has it."""
+        packet = self._cache[seq & _SEQ_MASK]
+        if packet is None or _SEQ.unpack_from(packet[0], 2)[0] != seq:
+            return None
+        return packet
 
     def _rtx_packet(self, packet: tuple[bytes, bytes], seq: int) -> tuple[bytes, bytes]:
         """``packet`` (sequence number ``seq``) wrapped for the RTX stream (RFC 4588

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,29 @@ class Process:
             return ""
 
 
+class RedisServer(Process):
+    """redis-server on a free port of its own (never the system's 6379), keeping
+    nothing on disk; :meth:`start` returns once it answers PING."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        super().__init__("redis", [*cmd, "--save", "", "--appendonly", "no"], log_dir, {})
+
+    def start(self) -> None:
+        super().start()
+        wait_for(self.ready, "redis-server", timeout=10)
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
 def _http(url: str, method: str = "GET", body: Any = None, auth: bool = True) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -123,15 +147,14 @@ class Cluster:
     def __init__(self, workers: int = 3, nodes: int = 2) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="sfu-cluster-")
         self.log_dir = Path(self._tmp.name)
-        self.redis_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = RedisServer(self.log_dir)
+        self.redis_url = self.redis.url
         self.env = {
             "SFU_REDIS_URL": self.redis_url,
             "SFU_LOG_LEVEL": "info",
             "SFU_ICE_ADDRESSES": '["127.0.0.1"]',
             "SFU_HOST": "127.0.0.1",
         }
-        self.redis = self._start_redis()
         self.metrics_ports = {f"w{i}": free_port() for i in range(workers)}
         self.workers = {
             name: self._process(
@@ -175,42 +198,11 @@ class Cluster:
             name, [sys.executable, "-m", "sfu", *args], self.log_dir, {**self.env, **(env or {})}
         )
 
-    def _start_redis(self) -> Process:
-        redis = Process(
-            "redis",
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            self.log_dir,
-            {},
-        )
-        wait_for(lambda: self._redis_ready(), "redis-server", timeout=10)
-        return redis
-
-    def _redis_ready(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
     def stop_redis(self) -> None:
         self.redis.kill()
 
     def start_redis(self) -> None:
         self.redis.start()
-        wait_for(self._redis_ready, "redis-server again", timeout=10)
 
     def live_workers(self, base_url: str | None = None) -> list[dict[str, Any]]:
         try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -23,7 +21,7 @@ from typing import Any, TypeVar
 
 import aioice.ice
 import pytest
-from cluster import REDIS_SERVER, Cluster, api, cluster_available, free_port, wait_for
+from cluster import Cluster, RedisServer, api, cluster_available, wait_for
 from websockets.asyncio.client import connect as ws_connect
 
 from sfu.client import RoomClient, SfuError, SyntheticVideoTrack, ToneAudioTrack, connect
@@ -165,39 +163,20 @@ async def backends(
 async def test_redis_backend_survives_a_redis_restart_without_losing_a_command(tmp_path):
     """After a restart every pooled connection is stale: the first command on each must
     be retried on a new connection, not fail (it was an RPC reply or a placement)."""
-    port = free_port()
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-            cwd=tmp_path,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return process
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    server = start()
-    backend = RedisBackend(f"redis://127.0.0.1:{port}/0")
+    server = RedisServer(tmp_path)
+    backend = RedisBackend(server.url)
     try:
         info = WorkerInfo(worker_id="w", address="127.0.0.1", capacity=10)
         await backend.register_worker(info, ttl=30)
         await backend.publish("node:n", "before")
         server.kill()
-        server.wait()
-        server = start()
+        server.start()
         await backend.publish("node:n", "after")  # raised BackendUnavailable before
         await backend.register_worker(info, ttl=30)
         assert [w.worker_id for w in await backend.live_workers()] == []  # not subscribed
     finally:
         await backend.close()
         server.kill()
-        server.wait()
 
 
 async def register(backend: Any, worker_id: str, **load: Any) -> Any:

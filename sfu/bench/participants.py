@@ -72,9 +72,9 @@ from sfu.transport import parse_candidate
 logger = logging.getLogger(__name__)
 
 RTCP_INTERVAL = 1.0
+"""Seconds between sender reports (publishers) and receiver reports (subscribers)."""
 FEEDBACK_INTERVAL = 0.1
 """Seconds between a transport-cc subscriber's feedback packets (Chrome: 50-100 ms)."""
-"""Seconds between sender reports (publishers) and receiver reports (subscribers)."""
 MAX_LAG = 0.5
 """Seconds a sender may fall behind its real-time schedule before it stops catching up
 (a real sender would have dropped those frames, not burst them)."""

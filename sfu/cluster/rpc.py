@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sfu.cluster.backend import (
@@ -34,6 +34,21 @@ POLL_SECONDS = 1.0
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """Serves one request: ``(method, params)`` → a JSON-serialisable result."""
+
+
+async def _messages(subscription: Subscription, what: str) -> AsyncIterator[str]:
+    """Every message of ``subscription``, forever. A failed read is logged and tried
+    again: ending the loop would leave its owner deaf (a signaling node to replies, a
+    worker, still registered, to requests)."""
+    while True:
+        try:
+            data = await subscription.get(POLL_SECONDS)
+        except Exception:
+            logger.exception("reading %s failed", what)
+            await asyncio.sleep(POLL_SECONDS)
+            continue
+        if data is not None:
+            yield data
 
 
 class WorkerGone(ProtocolError):
@@ -101,16 +116,7 @@ class RpcClient:
         return reply.get("result")
 
     async def _read(self, subscription: Subscription) -> None:
-        while True:
-            try:
-                data = await subscription.get(POLL_SECONDS)
-            except Exception:
-                # Ending this loop would leave the worker registered but deaf.
-                logger.exception("reading requests failed")
-                await asyncio.sleep(POLL_SECONDS)
-                continue
-            if data is None:
-                continue
+        async for data in _messages(subscription, "replies"):
             try:
                 reply = json.loads(data)
                 future = self._pending.get(reply["id"])
@@ -151,10 +157,7 @@ class RpcServer:
             task.cancel()
 
     async def _read(self, subscription: Subscription) -> None:
-        while True:
-            data = await subscription.get(POLL_SECONDS)
-            if data is None:
-                continue
+        async for data in _messages(subscription, "requests"):
             try:
                 request = json.loads(data)
                 request_id, reply_to = str(request["id"]), str(request["reply_to"])

@@ -149,10 +149,7 @@ def read_header_extensions(data: bytes) -> dict[int, bytes]:
 
     Empty when the packet has no extension or a profile other than one-/two-byte.
     """
-    profile, start, end, _ = _layout(data)
-    if profile < 0:
-        return {}
-    return _parse_extension_elements(data, profile, start, end)
+    return read_payload_and_extensions(data)[1]
 
 
 def rewrite_header(
