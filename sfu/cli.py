@@ -22,6 +22,7 @@ import uvloop
 
 from sfu.bench import loadtest
 from sfu.config import Settings
+from sfu.http_server import Server
 from sfu.protocol import MAX_MESSAGE_BYTES
 from signaling.app import create_app
 from signaling.auth import mint_token
@@ -271,7 +272,7 @@ async def _run_server(settings: Settings) -> None:
         # Frames up to this size get a ``too_large`` error; larger ones close the socket.
         ws_max_size=16 * MAX_MESSAGE_BYTES,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(_POLL_SECONDS)

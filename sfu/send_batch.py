@@ -19,12 +19,14 @@ already a dependency of pylibsrtp), so nothing is compiled at install time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import socket
 import struct
 import weakref
+from collections.abc import Callable
 
 import cffi
 import pylibsrtp
@@ -270,21 +272,40 @@ class SendBatch:
 
 
 class FlushScheduler:
-    """Flushes every batch that got packets, once per event-loop iteration."""
+    """Flushes every batch that got packets, once per event-loop iteration.
+
+    Callbacks registered with :meth:`add_after_flush` run after each flush: periodic
+    work that checks there whether it is due rides on the wake-ups media causes anyway
+    instead of waking the process with a timer of its own (see
+    :class:`sfu.worker.Worker`).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[SendBatch] = []
+        self._after_flush: list[Callable[[], None]] = []
 
     def schedule(self, batch: SendBatch) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(batch)
 
+    def add_after_flush(self, callback: Callable[[], None]) -> None:
+        self._after_flush.append(callback)
+
+    def remove_after_flush(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._after_flush.remove(callback)
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         for batch in pending:
             batch.flush()
+        for callback in self._after_flush:
+            try:
+                callback()
+            except Exception:  # one failing callback must not stop the sending
+                logger.exception("after-flush callback failed")
 
 
 _schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlushScheduler] = (

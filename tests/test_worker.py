@@ -5,6 +5,7 @@ transport's handler as bytes, so routing, learning and bad input are checked wit
 a browser.
 """
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ from sfu.protocol import (
 )
 from sfu.rtp.packet import build_rtp_packet
 from sfu.sdp import SessionDescription
-from sfu.worker import Worker
+from sfu.send_batch import flush_scheduler
+from sfu.worker import TICK_INTERVAL, TICK_SLACK, Worker
 from sfu.worker_api import Grant, ProtocolError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sdp"
@@ -220,3 +222,68 @@ async def test_mute_and_leave_reach_the_others_and_recycle_m_lines(worker):
     assert "PA_a" not in worker.participants
     # Bob has not answered the first offer yet: no second offer is sent before that.
     assert bob.of(SubscribeOfferMessage)[-1] is first
+
+
+class TickRecorder:
+    """Stands in for a room: records when the worker's periodic work runs."""
+
+    name = "ticks"
+
+    def __init__(self) -> None:
+        self.participants: dict = {}
+        self.times: list[float] = []
+
+    def tick(self, now: float) -> None:
+        self.times.append(asyncio.get_running_loop().time())
+
+
+class FlushRecorder:
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+async def test_ticks_run_on_their_timer_while_no_media_flows(worker):
+    room = worker.rooms["ticks"] = TickRecorder()
+    start = asyncio.get_running_loop().time()
+    await asyncio.sleep(0.45)
+    # Due every TICK_INTERVAL, run by the timer TICK_SLACK later.
+    assert 3 <= len(room.times) <= 5
+    gaps = [b - a for a, b in zip([start, *room.times], room.times, strict=False)]
+    assert all(gap < TICK_INTERVAL + TICK_SLACK + 0.03 for gap in gaps)
+
+
+async def test_a_due_tick_rides_on_a_send_instead_of_its_timer(worker):
+    loop = asyncio.get_running_loop()
+    room = worker.rooms["ticks"] = TickRecorder()
+    await asyncio.sleep(TICK_INTERVAL + TICK_SLACK + 0.01)  # one tick by the timer
+    timer_ticks = len(room.times)
+    assert timer_ticks >= 1
+    batch = FlushRecorder()
+    await asyncio.sleep(TICK_INTERVAL + 0.01)  # due, its timer not yet fired
+    flush_scheduler().schedule(batch)  # what a forwarded packet does
+    sent_at = loop.time()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert batch.flushes == 1
+    assert len(room.times) == timer_ticks + 1
+    assert room.times[-1] - sent_at < 0.01
+    # The timer moved: the next tick is due TICK_INTERVAL after this one.
+    await asyncio.sleep(TICK_INTERVAL - 0.02)
+    flush_scheduler().schedule(batch)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(room.times) == timer_ticks + 1
+
+
+async def test_a_stopped_worker_neither_ticks_nor_rides_on_sends():
+    worker = Worker(Settings(ice_addresses=["127.0.0.1"]))
+    await worker.start()
+    room = worker.rooms["ticks"] = TickRecorder()
+    await worker.stop()
+    await asyncio.sleep(TICK_INTERVAL + TICK_SLACK + 0.02)
+    flush_scheduler().schedule(FlushRecorder())
+    await asyncio.sleep(0)
+    assert room.times == []

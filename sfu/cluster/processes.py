@@ -23,6 +23,7 @@ from sfu.cluster.router import ClusterRouter
 from sfu.cluster.rpc import RpcClient
 from sfu.cluster.worker_service import WorkerService
 from sfu.config import Settings
+from sfu.http_server import Server
 from sfu.metrics import WorkerMetrics
 from sfu.metrics.http import metrics_server
 from sfu.protocol import MAX_MESSAGE_BYTES
@@ -64,7 +65,7 @@ async def run_signaling(settings: Settings) -> None:
     )
     logger.info("signaling node %s on %s:%d", node_id, settings.host, settings.port)
     try:
-        await uvicorn.Server(config).serve()
+        await Server(config).serve()
     finally:
         await router.stop()
         await backend.close()
@@ -93,14 +94,14 @@ async def run_worker(settings: Settings) -> None:
         logger.info("worker %s stopping", worker_id)
         if metrics_http is not None:
             server, task = metrics_http
-            server.should_exit = True
+            server.request_exit()
             await task
         await metrics.stop()
         await service.stop()
         await backend.close()
 
 
-def _serve_metrics(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]] | None:
+def _serve_metrics(settings: Settings) -> tuple[Server, asyncio.Task[None]] | None:
     """``/metrics`` and ``/healthz`` of a worker process on ``settings.metrics_port``.
 
     The socket is bound here, not by uvicorn: uvicorn exits the process when its bind

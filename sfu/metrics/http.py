@@ -15,6 +15,8 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from sfu.http_server import Server
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -41,7 +43,7 @@ async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def metrics_server(host: str, port: int) -> uvicorn.Server:
+def metrics_server(host: str, port: int) -> Server:
     """A server for :func:`metrics_app`, for a process that has no other HTTP app.
 
     The Redis deployment's ``sfu worker`` process runs it next to its worker::
@@ -54,4 +56,4 @@ def metrics_server(host: str, port: int) -> uvicorn.Server:
     It runs on the caller's event loop (see the module docstring).
     """
     config = uvicorn.Config(metrics_app, host=host, port=port, log_level="warning", lifespan="off")
-    return uvicorn.Server(config)
+    return Server(config)
