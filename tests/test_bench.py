@@ -169,12 +169,14 @@ def test_short_run_against_a_spawned_server(capsys):
         "server",
         "CPU",
         "%",
+        "wake-ups/s",
         "µs/packet",
         "loss",
         "%",
     ]
-    publishers, subscribers, mode, pps_in, pps_out, cpu, us_per_packet, loss = row.split()
+    publishers, subscribers, mode, pps_in, pps_out, cpu, wakeups, us_per_packet, loss = row.split()
     assert float(cpu) > 0
+    assert float(wakeups) > 20  # at least one per video frame, 30 per second
     assert (publishers, subscribers, mode) == ("1", "2", "plain")
     assert float(pps_in) > 100
     assert float(pps_out) > 0
@@ -221,6 +223,7 @@ def test_json_output(capsys, monkeypatch):
         megabits_in_per_second=3,
         megabits_out_per_second=6,
         server_cpu_percent=None,
+        server_wakeups_per_second=None,
         server_cpu_us_per_packet=None,
         server_system_us_per_packet=None,
         loss_percent=0,

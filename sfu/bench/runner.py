@@ -13,6 +13,10 @@ on every track, lets it settle, then measures over ``--duration`` seconds:
 - packets out/s: what the subscribers received;
 - server CPU %: user + system time of the server process (all its threads) from
   ``/proc/<pid>/stat``, as a percentage of one core;
+- wake-ups/s: how often the server's event-loop thread slept (waiting for a socket or
+  a timer) and was woken again: its voluntary context switches, from
+  ``/proc/<pid>/status``. On a virtual machine each costs far more CPU than the work
+  it wakes up for, so this column explains much of the next one;
 - µs/packet: server CPU time divided by the packets forwarded (received by subscribers);
 - loss %: sequence gaps over expected packets at the subscribers.
 
@@ -121,6 +125,9 @@ class ScenarioResult:
     megabits_out_per_second: float
     server_cpu_percent: float | None
     """Of one core; None when the server's process is unknown."""
+    server_wakeups_per_second: float | None
+    """Times the server's event-loop thread was woken from sleep; None when the
+    server's process is unknown."""
     server_cpu_us_per_packet: float | None
     """Server CPU time per forwarded (received by a subscriber) packet."""
     server_system_us_per_packet: float | None
@@ -136,10 +143,12 @@ class ScenarioResult:
 
 
 class CpuTimes(NamedTuple):
-    """CPU seconds a process spent in user space and in the kernel."""
+    """CPU seconds a process spent in user space and in the kernel, and how often its
+    main thread was woken from sleep."""
 
     user: float
     system: float
+    wakeups: int
 
     @property
     def total(self) -> float:
@@ -160,13 +169,16 @@ class _Server:
 
 
 def process_cpu_times(pid: int) -> CpuTimes:
-    """CPU times of process ``pid``, all its threads included (Linux)."""
+    """CPU times of process ``pid``, all its threads included, and the voluntary
+    context switches of its main thread (Linux)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the parenthesized command name start at field 3 (state);
     # utime and stime are fields 14 and 15.
     rest = text[text.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks)
+    status = Path(f"/proc/{pid}/status").read_text()
+    _, _, after = status.partition("\nvoluntary_ctxt_switches:")
+    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks, int(after.split()[0]))
 
 
 def _server_cpu(server: _Server) -> CpuTimes | None:
@@ -514,10 +526,11 @@ def run_scenario(
     elapsed = end.time - start.time
     packets_out = end.stats.packets_received - start.stats.packets_received
     expected = end.stats.packets_expected - start.stats.packets_expected
-    cpu = system = None
+    cpu = system = wakeups = None
     if end.server_cpu is not None and start.server_cpu is not None:
         cpu = end.server_cpu.total - start.server_cpu.total
         system = end.server_cpu.system - start.server_cpu.system
+        wakeups = end.server_cpu.wakeups - start.server_cpu.wakeups
     per_packet = 1e6 / packets_out if packets_out else None
     return ScenarioResult(
         publishers=scenario.publishers,
@@ -529,6 +542,7 @@ def run_scenario(
         megabits_in_per_second=_rate(end, start, "octets_sent") * 8 / 1e6,
         megabits_out_per_second=_rate(end, start, "bytes_received") * 8 / 1e6,
         server_cpu_percent=None if cpu is None else 100 * cpu / elapsed,
+        server_wakeups_per_second=None if wakeups is None else wakeups / elapsed,
         server_cpu_us_per_packet=None if cpu is None or per_packet is None else cpu * per_packet,
         server_system_us_per_packet=(
             None if system is None or per_packet is None else system * per_packet
@@ -553,6 +567,7 @@ _COLUMNS = (
     ("packets in/s", "{:.0f}"),
     ("packets out/s", "{:.0f}"),
     ("server CPU %", "{:.1f}"),
+    ("wake-ups/s", "{:.0f}"),
     ("µs/packet", "{:.2f}"),
     ("loss %", "{:.2f}"),
 )
@@ -569,6 +584,7 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
             r.packets_in_per_second,
             r.packets_out_per_second,
             r.server_cpu_percent,
+            r.server_wakeups_per_second,
             r.server_cpu_us_per_packet,
             r.loss_percent,
         )
