@@ -728,7 +728,8 @@ class Participant:
         return self._bwe.estimate if self._bwe_has_feedback else None
 
     def tick(self, now: float) -> None:
-        """Periodic work, called by the worker about every 50 ms."""
+        """Periodic work, called by the worker every 50 ms or a little more (see
+        :meth:`sfu.worker.Worker._schedule_tick`)."""
         if self._closed:
             return
         if self._probe_target:
