@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sfu.worker
 from sfu.config import Settings
 from sfu.protocol import (
     CandidateMessage,
@@ -245,37 +246,41 @@ class FlushRecorder:
         self.flushes += 1
 
 
+async def settle() -> None:
+    """Let the flush scheduled in this iteration run."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 async def test_ticks_run_on_their_timer_while_no_media_flows(worker):
     room = worker.rooms["ticks"] = TickRecorder()
-    start = asyncio.get_running_loop().time()
     await asyncio.sleep(0.45)
-    # Due every TICK_INTERVAL, run by the timer TICK_SLACK later.
-    assert 3 <= len(room.times) <= 5
-    gaps = [b - a for a, b in zip([start, *room.times], room.times, strict=False)]
-    assert all(gap < TICK_INTERVAL + TICK_SLACK + 0.03 for gap in gaps)
+    # Due every TICK_INTERVAL, run by the timer TICK_SLACK later: about 4 (a 50 ms
+    # timer of its own would have run 9).
+    assert 2 <= len(room.times) <= 5
 
 
-async def test_a_due_tick_rides_on_a_send_instead_of_its_timer(worker):
-    loop = asyncio.get_running_loop()
-    room = worker.rooms["ticks"] = TickRecorder()
-    await asyncio.sleep(TICK_INTERVAL + TICK_SLACK + 0.01)  # one tick by the timer
-    timer_ticks = len(room.times)
-    assert timer_ticks >= 1
-    batch = FlushRecorder()
-    await asyncio.sleep(TICK_INTERVAL + 0.01)  # due, its timer not yet fired
-    flush_scheduler().schedule(batch)  # what a forwarded packet does
-    sent_at = loop.time()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert batch.flushes == 1
-    assert len(room.times) == timer_ticks + 1
-    assert room.times[-1] - sent_at < 0.01
-    # The timer moved: the next tick is due TICK_INTERVAL after this one.
-    await asyncio.sleep(TICK_INTERVAL - 0.02)
-    flush_scheduler().schedule(batch)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert len(room.times) == timer_ticks + 1
+async def test_a_due_tick_rides_on_a_send_instead_of_its_timer(monkeypatch):
+    monkeypatch.setattr(sfu.worker, "TICK_SLACK", 10.0)  # keeps the timer out of the way
+    worker = Worker(Settings(ice_addresses=["127.0.0.1"]))
+    await worker.start()
+    try:
+        room = worker.rooms["ticks"] = TickRecorder()
+        batch = FlushRecorder()
+        flush_scheduler().schedule(batch)  # what a forwarded packet does
+        await settle()
+        assert batch.flushes == 1
+        assert room.times == []  # not due yet
+        await asyncio.sleep(TICK_INTERVAL + 0.01)
+        assert room.times == []  # due, but nothing woke the worker
+        flush_scheduler().schedule(batch)
+        await settle()
+        assert len(room.times) == 1
+        flush_scheduler().schedule(batch)
+        await settle()
+        assert len(room.times) == 1  # the next one is due TICK_INTERVAL later
+    finally:
+        await worker.stop()
 
 
 async def test_a_stopped_worker_neither_ticks_nor_rides_on_sends():
@@ -285,5 +290,5 @@ async def test_a_stopped_worker_neither_ticks_nor_rides_on_sends():
     await worker.stop()
     await asyncio.sleep(TICK_INTERVAL + TICK_SLACK + 0.02)
     flush_scheduler().schedule(FlushRecorder())
-    await asyncio.sleep(0)
+    await settle()
     assert room.times == []
