@@ -98,6 +98,11 @@ preferences limit what it gets."""
 MAX_PROBE_PACKETS = 40
 """Probe packets sent at most per tick: about 2 Mbit/s of padding-only packets at the
 50 ms tick, about 8 Mbit/s of RTX copies of media."""
+MAX_PROBE_BURST_SECONDS = 0.05
+"""Seconds of probe budget one tick sends at most. Ticks come 50 ms apart or a little
+more (they ride on media sends, see :mod:`sfu.worker`); a longer gap is not made up
+with a longer burst, which could overflow a shallow queue on the path and take media
+with it."""
 PROBE_PACKET_SIZE = 1100
 """Bytes assumed per RTX probe packet (a copy of a forwarded video packet)."""
 
@@ -733,7 +738,7 @@ class Participant:
         if self._closed:
             return
         if self._probe_target:
-            self._probe(now, now - self._last_tick)
+            self._probe(now, min(now - self._last_tick, MAX_PROBE_BURST_SECONDS))
         self._last_tick = now
         if now >= self._next_feedback:
             self._next_feedback = now + FEEDBACK_INTERVAL
