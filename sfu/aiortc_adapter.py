@@ -311,10 +311,14 @@ class DtlsSrtpSession:
         buffer = _srtp_ffi.buffer(buffer_data)
         length = _srtp_ffi.new("int *")
         unprotect = _srtp_lib.srtp_unprotect
+        # Periodic work due now runs after this loop iteration instead of on a timer
+        # wake-up of its own (see FlushScheduler).
+        poke = flush_scheduler().poke
 
         def data_received(data: bytes, component: int) -> None:
             first = data[0] if data else 0
             if 127 < first < 192:
+                poke()
                 try:
                     if 191 < data[1] < 224:
                         on_rtcp(rx.unprotect_rtcp(data))

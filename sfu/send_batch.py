@@ -274,21 +274,30 @@ class SendBatch:
 class FlushScheduler:
     """Flushes every batch that got packets, once per event-loop iteration.
 
-    Callbacks registered with :meth:`add_after_flush` run after each flush: periodic
-    work that checks there whether it is due rides on the wake-ups media causes anyway
-    instead of waking the process with a timer of its own (see
-    :class:`sfu.worker.Worker`).
+    Callbacks registered with :meth:`add_after_flush` run after each flush, and after
+    each iteration that received media (:meth:`poke`): periodic work that checks there
+    whether it is due rides on the wake-ups media causes anyway instead of waking the
+    process with a timer of its own (see :class:`sfu.worker.Worker`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[SendBatch] = []
+        self._scheduled = False
         self._after_flush: list[Callable[[], None]] = []
 
     def schedule(self, batch: SendBatch) -> None:
-        if not self._pending:
+        if not self._scheduled:
+            self._scheduled = True
             self._loop.call_soon(self._flush)
         self._pending.append(batch)
+
+    def poke(self) -> None:
+        """Run the after-flush callbacks at the end of this loop iteration even if
+        nothing is sent in it (called for every received packet)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     def add_after_flush(self, callback: Callable[[], None]) -> None:
         self._after_flush.append(callback)
@@ -298,6 +307,7 @@ class FlushScheduler:
             self._after_flush.remove(callback)
 
     def _flush(self) -> None:
+        self._scheduled = False
         pending, self._pending = self._pending, []
         for batch in pending:
             batch.flush()

@@ -38,7 +38,7 @@ TICK_INTERVAL = 0.05
 allocation, RTCP reports, active speakers, dynacast) of every room and participant."""
 TICK_SLACK = 0.05
 """Seconds a due tick may wait for media to wake the worker before a timer of its own
-does: while media flows, the ticks ride on the loop iterations that send it."""
+does: while media flows, the ticks ride on the loop iterations that handle it."""
 
 
 @dataclass
@@ -82,8 +82,10 @@ class Worker:
 
         On a virtual machine an idle process that a timer wakes pays for the wake-up
         far more than for the work (the benchmark's ``wake-ups/s`` column): so the
-        timer is set ``TICK_SLACK`` after the tick is due, and while media flows the
-        tick runs earlier, after a send (:meth:`_tick_if_due`), and the timer is moved.
+        timer is set ``TICK_SLACK`` after the tick is due, and while media flows (sent
+        or received) the tick runs earlier, at the end of a loop iteration that handled
+        it (:meth:`_tick_if_due`, called by the :class:`~sfu.send_batch.FlushScheduler`),
+        and the timer is moved.
         """
         loop = asyncio.get_running_loop()
         self._tick_due = loop.time() + TICK_INTERVAL

@@ -13,6 +13,7 @@ from sfu.aiortc_adapter import (
 )
 from sfu.rtp.packet import build_rtp_packet
 from sfu.rtp.rtcp import PictureLossIndication
+from sfu.send_batch import flush_scheduler
 
 
 @pytest.mark.parametrize(("cls", "attribute"), PRIVATE_SEAMS)
@@ -112,4 +113,28 @@ async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport():
         assert server.rtp[-1].endswith(b"after")
         assert isinstance(server.errors[0], RuntimeError)
     finally:
+        await asyncio.gather(server.session.close(), client.session.close())
+
+
+async def test_received_media_runs_the_after_flush_callbacks():
+    """Periodic work rides on receiving too (the worker's tick, see sfu.worker)."""
+    server, client = await connected_pair()
+    runs = []
+
+    def after_flush() -> None:
+        runs.append(len(server.rtp))
+
+    scheduler = flush_scheduler()
+    scheduler.add_after_flush(after_flush)
+    try:
+        for seq in range(5):
+            client.session.send_rtp(rtp(96, seq, 0x1234, b"\x10payload"))
+        await wait_for(lambda: len(server.rtp) == 5)
+        await asyncio.sleep(0)
+        # The client's send flushed once (before anything arrived); the server's
+        # receiving ran the callbacks again though it sent nothing.
+        assert runs[0] == 0
+        assert runs[-1] > 0
+    finally:
+        scheduler.remove_after_flush(after_flush)
         await asyncio.gather(server.session.close(), client.session.close())

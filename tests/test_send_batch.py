@@ -232,3 +232,18 @@ def test_a_batch_releases_its_socket_duplicate(receiver, sender):
     gc.collect()
     with pytest.raises(OSError):
         os.fstat(duplicate)
+
+
+async def test_poke_runs_the_after_flush_callbacks_once_per_iteration():
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    runs = []
+    scheduler.add_after_flush(lambda: runs.append(1))
+    for _ in range(5):  # five received packets in one iteration
+        scheduler.poke()
+    await asyncio.sleep(0)
+    assert runs == [1]
+    await asyncio.sleep(0)
+    assert runs == [1]  # nothing received, nothing run
+    scheduler.poke()
+    await asyncio.sleep(0)
+    assert runs == [1, 1]
