@@ -222,7 +222,10 @@ def assert_decoding(page: Any, participant_id: str, seconds: float, max_width: i
     for _ in range(int(seconds)):
         time.sleep(1.0)
         width, _, decoded = received(page, participant_id)
-        assert decoded > last, f"video froze at frame {decoded}; {page_state(page)}"
+        assert decoded > last, (
+            f"video froze at frame {decoded};"
+            f" inbound: {inbound_video(page_stats(page), participant_id)}; {page_state(page)}"
+        )
         assert 0 < width <= max_width, f"received {width} px wide, expected ≤ {max_width}"
         widths.append(width)
         last = decoded

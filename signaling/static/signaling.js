@@ -707,6 +707,13 @@ export class Session {
           frameWidth: s.frameWidth ?? 0,
           frameHeight: s.frameHeight ?? 0,
           framesPerSecond: s.framesPerSecond ?? 0,
+          // How losses were repaired, and what the viewer saw of them.
+          packetsLost: s.packetsLost ?? 0,
+          nackCount: s.nackCount ?? 0,
+          pliCount: s.pliCount ?? 0,
+          keyFramesDecoded: s.keyFramesDecoded ?? 0,
+          framesDropped: s.framesDropped ?? 0,
+          freezeCount: s.freezeCount ?? 0,
           participantId: info ? info.participant_id : null,
           trackId: info ? info.track_id : null,
         });
