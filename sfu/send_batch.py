@@ -287,14 +287,12 @@ class FlushScheduler:
         self._after_flush: list[Callable[[], None]] = []
 
     def schedule(self, batch: SendBatch) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
         self._pending.append(batch)
+        self.poke()
 
     def poke(self) -> None:
-        """Run the after-flush callbacks at the end of this loop iteration even if
-        nothing is sent in it (called for every received packet)."""
+        """Flush at the end of this loop iteration, and run the after-flush callbacks
+        then even if nothing is sent (called for every received packet)."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)

@@ -84,7 +84,7 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
         "CO_b", producer, "PA_b", lambda header, payload: sent.append(header + payload)
     )
     producer.add_consumer(consumer)
-    monkeypatch.setattr(producer, "request_key_frame", lambda stream=None: None)
+    monkeypatch.setattr(producer, "request_key_frame", lambda stream: None)
     consumer.activate(96)
     stream = producer.add_stream(1234, None)
     publisher = _participant("PA_a", {"0": producer}, [])

@@ -247,3 +247,28 @@ async def test_poke_runs_the_after_flush_callbacks_once_per_iteration():
     scheduler.poke()
     await asyncio.sleep(0)
     assert runs == [1, 1]
+
+
+async def test_a_failing_after_flush_callback_stops_neither_sends_nor_the_others(
+    receiver, sender, caplog
+):
+    scheduler = FlushScheduler(asyncio.get_running_loop())
+    runs = []
+
+    def broken() -> None:
+        raise RuntimeError("periodic work failed")
+
+    scheduler.add_after_flush(broken)
+    scheduler.add_after_flush(lambda: runs.append(1))
+    batch = SendBatch(sender.fileno(), receiver.getsockname(), srtp_session(), scheduler)
+    packet = rtp(1, 200)
+    batch.add(packet)
+    await asyncio.sleep(0)
+    assert receive(receiver, 1) == expected([packet])
+    assert runs == [1]
+    assert "after-flush callback failed" in caplog.text
+    scheduler.remove_after_flush(broken)
+    batch.add(rtp(2, 200))
+    await asyncio.sleep(0)
+    assert runs == [1, 1]
+    batch.close()

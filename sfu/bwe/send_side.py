@@ -470,29 +470,34 @@ class SendSideBandwidthEstimator:
         probe = self._probe
         probe_id = probe.probe_id if probe is not None else None
         resolved = probe_resolved = 0
-        # Per reported packet (every packet to every subscriber): calls inlined.
+        # Per reported packet (every packet to every subscriber): calls inlined, counts
+        # applied after the loop.
         for result in feedback.packets:
             delta = (result.sequence_number - highest) & _SEQUENCE_MASK  # seqnum.diff
             if delta >= _SEQUENCE_HALF:
                 delta -= _SEQUENCE_MASK + 1
             extended = highest + delta
             packet = sent[extended & _HISTORY_MASK]
-            if packet is None or packet.sequence != extended or packet.state == _RECEIVED:
+            if packet is None or packet.sequence != extended:
                 continue
+            state = packet.state
             arrival_us = result.arrival_time_us
             if arrival_us is None:
-                if packet.state == _PENDING:
-                    packet.state = _LOST
-                    self._count_resolved(packet, lost=True)
+                if state != _PENDING:
+                    continue
+                packet.state = _LOST
+                self._loss_lost += 1
+            elif state == _RECEIVED:
                 continue
-            if packet.state == _LOST:
-                self._loss_lost = max(self._loss_lost - 1, 0)
-            else:  # _count_resolved(packet, lost=False), counted after the loop
-                resolved += 1
-                if packet.probe_id is not None and packet.probe_id == probe_id:
-                    probe_resolved += 1
-            packet.state = _RECEIVED
-            received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
+            else:
+                packet.state = _RECEIVED
+                received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
+                if state == _LOST:  # reported lost before, resolved then
+                    self._loss_lost = max(self._loss_lost - 1, 0)
+                    continue
+            resolved += 1
+            if packet.probe_id is not None and packet.probe_id == probe_id:
+                probe_resolved += 1
         received.sort(key=_first)
         if resolved:
             if self._loss_window_start is None:
@@ -511,11 +516,9 @@ class SendSideBandwidthEstimator:
                 latest = arrival
             if probing:
                 self._add_to_probe(packet, arrival)
-        overuse = self._detector.add(received)
         if received:
+            overuse = self._detector.add(received)
             self._slide_acked_window(received[0][2], latest)
-
-        if received:
             self._update_delay_based(_OVERUSE if overuse else self._detector.signal, now)
         self._maybe_update_loss(now)
         self._maybe_finish_probe(now)
@@ -591,16 +594,6 @@ class SendSideBandwidthEstimator:
         media_sent = self._media_sent
         while media_sent and media_sent[0][0] <= now - SEND_RATE_WINDOW:
             self._media_sent_bytes -= media_sent.popleft()[1]
-
-    def _count_resolved(self, packet: _SentPacket, *, lost: bool) -> None:
-        if self._loss_window_start is None:
-            self._loss_window_start = self._now
-        self._loss_total += 1
-        if lost:
-            self._loss_lost += 1
-        probe = self._probe
-        if probe is not None and packet.probe_id == probe.probe_id:
-            probe.resolved += 1
 
     def _slide_acked_window(self, first: float, latest: float) -> None:
         """Packets arrived up to ``latest`` (the first of them, in send order, at
