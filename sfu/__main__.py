@@ -1,5 +1,5 @@
 """``python -m sfu``: the same as the ``sfu`` console script."""
 
-from sfu.cli import main
+from sfu.app.cli import main
 
 raise SystemExit(main())

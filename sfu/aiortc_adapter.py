@@ -10,8 +10,10 @@ replaces its packet path:
   the SFU synchronously from the socket callback (no queue, no await per packet); DTLS
   records still go through aiortc's queue.
 - RTP is protected and sent in batches, one ``sendmmsg`` per transport and event-loop
-  iteration (:mod:`sfu.send_batch`) on a duplicate of the nominated pair's socket;
-  RTCP, and everything over a TURN relay, goes through the pair's datagram transport.
+  iteration (:mod:`sfu.send_batch`) on a duplicate of the nominated pair's socket, or
+  on the worker's shared socket itself (:class:`SharedPorts`: the single UDP port of
+  :mod:`sfu.udp_mux`); RTCP, and everything over a TURN relay or ICE-TCP
+  (:mod:`sfu.ice_tcp`), goes through the pair's transport.
 
 Everything private that is touched is listed in :data:`PRIVATE_SEAMS` and checked by
 ``tests/test_aiortc_adapter.py`` so an aiortc or aioice upgrade that moves them fails
@@ -44,7 +46,9 @@ from aiortc.rtcicetransport import RTCIceGatherer, RTCIceParameters, RTCIceTrans
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from sfu.ice_tcp import IceTcpServer
 from sfu.send_batch import SendBatch, flush_scheduler
+from sfu.udp_mux import MuxedStunProtocol, UdpMux, udp_host_candidate
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +59,37 @@ PRIVATE_SEAMS: tuple[tuple[type, str], ...] = (
     (aioice.Connection, "data_received"),
     (aioice.Connection, "get_component_candidates"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "connection_lost"),
+    (aioice.Connection, "protocol_lost"),
+    (aioice.Connection, "request_received"),
 )
-"""Private methods this module overrides or calls. The private instance attributes it
-reads (``RTCIceGatherer._connection``, ``Connection._nominated`` and ``_queue``,
-``RTCDtlsTransport._rx_srtp`` and ``_tx_srtp``, and, here and in :mod:`sfu.send_batch`,
-pylibsrtp's ``Session._srtp`` and its ``_binding`` module) are exercised by the loopback
-test."""
+"""Private methods this module (with :mod:`sfu.udp_mux` and :mod:`sfu.ice_tcp`, which
+subclass ``StunProtocol`` over a shared socket) overrides or calls."""
+
+PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (RTCIceGatherer, "_connection"),
+    (aioice.Connection, "_nominated"),
+    (aioice.Connection, "_queue"),
+    (aioice.Connection, "_protocols"),
+    (aioice.Connection, "_local_username"),
+    (RTCDtlsTransport, "_rx_srtp"),
+    (RTCDtlsTransport, "_tx_srtp"),
+    (pylibsrtp.Session, "_srtp"),
+)
+"""Private instance attributes read (``Connection._local_username`` is written, to make
+a ufrag unique on the shared ports; ``Session._srtp``, here and in :mod:`sfu.send_batch`,
+is libsrtp's context, called through pylibsrtp's ``_binding`` module).
+``tests/test_private_seams.py`` checks every name of this module, of
+:mod:`sfu.client._aiortc` and of :mod:`sfu.app.http_server` on the installed versions."""
+
+PRIVATE_FUNCTIONS: tuple[str, ...] = (
+    "random_string",
+    "candidate_foundation",
+    "candidate_priority",
+    "get_host_addresses",
+)
+"""Module-level names of ``aioice.ice`` this module and the shared ports call (or, for
+``get_host_addresses``, replace)."""
 
 RECEIVE_BUFFER_SIZE = 2048
 """Longest SRTP packet the fast path unprotects; longer ones are counted as errors."""
@@ -129,23 +158,72 @@ async def _host_candidates_in_range(
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
         host, port = transport.get_extra_info("sockname")[:2]
-        protocol.local_candidate = aioice.Candidate(
-            foundation=aioice.ice.candidate_foundation("host", "udp", host),
-            component=component,
-            transport="udp",
-            priority=aioice.ice.candidate_priority(component, "host"),
-            host=host,
-            port=port,
-            type="host",
-        )
+        protocol.local_candidate = udp_host_candidate(component, host, port)
         connection._protocols.append(protocol)
         candidates.append(protocol.local_candidate)
     return candidates
 
 
 def default_host_addresses() -> list[str]:
-    """Every interface address aioice would use, plus 127.0.0.1 for local demos."""
-    return [*aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False), "127.0.0.1"]
+    """Every interface address aioice would use (global IPv6 ones included), plus
+    127.0.0.1 for local demos."""
+    return [*aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True), "127.0.0.1"]
+
+
+UFRAG_ATTEMPTS = 16
+"""Fresh ufrags tried for a connection before the shared ports give up: aioice's
+4-character ufrags collide about once per 30 connections among 1,000."""
+
+
+class SharedPorts:
+    """The worker's single UDP port (:class:`~sfu.udp_mux.UdpMux`, or None for a
+    socket per transport) and its ICE-TCP port (:class:`~sfu.ice_tcp.IceTcpServer`,
+    or None), shared by every transport: the ufrag routes checks to connections, so it
+    is made unique across both here."""
+
+    def __init__(self, udp: UdpMux | None, tcp: IceTcpServer | None) -> None:
+        self.udp = udp
+        self.tcp = tcp
+
+    def _taken(self, ufrag: str) -> bool:
+        return bool(
+            (self.udp is not None and self.udp.has_ufrag(ufrag))
+            or (self.tcp is not None and self.tcp.has_ufrag(ufrag))
+        )
+
+    async def candidates(
+        self,
+        connection: aioice.Connection,
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,
+    ) -> list[aioice.Candidate]:
+        """``Connection.get_component_candidates`` on the shared ports."""
+        for _ in range(UFRAG_ATTEMPTS):
+            if not self._taken(connection.local_username):
+                break
+            connection._local_username = aioice.ice.random_string(4)
+        else:
+            raise ConnectionError("no free ICE ufrag on the shared ports")
+        if self.udp is not None:
+            candidates = self.udp.candidates(connection, component)
+        elif _port_range is not None:
+            candidates = await _host_candidates_in_range(
+                connection, _port_range, component, addresses, timeout
+            )
+        else:
+            candidates = await aioice.Connection.get_component_candidates(
+                connection, component, addresses, timeout
+            )
+        if self.tcp is not None:
+            candidates += self.tcp.candidates(connection, component)
+        return candidates
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
 
 
 @dataclass(frozen=True)
@@ -189,11 +267,16 @@ class DtlsSrtpSession:
         on_rtp: RtpHandler,
         on_rtcp: RtpHandler,
         on_error: Callable[[Exception], None],
+        ports: SharedPorts | None = None,
     ) -> None:
         self._gatherer = RTCIceGatherer(iceServers=[])
         self._connection: aioice.Connection = self._gatherer._connection
         self._connection.ice_controlling = ice_controlling
-        if _port_range is not None:
+        if ports is not None:
+            self._connection.get_component_candidates = functools.partial(  # type: ignore[method-assign]
+                ports.candidates, self._connection
+            )
+        elif _port_range is not None:
             self._connection.get_component_candidates = functools.partial(  # type: ignore[method-assign]
                 _host_candidates_in_range, self._connection, _port_range
             )
@@ -281,13 +364,17 @@ class DtlsSrtpSession:
             raise ConnectionError("no nominated ICE pair")
         protocol = pair.protocol
         datagram_transport = getattr(protocol, "transport", None)
-        if isinstance(protocol, aioice.ice.StunProtocol) and datagram_transport is not None:
+        if pair.local_candidate.transport == "tcp":
+            # ICE-TCP: each packet is framed onto the stream (sfu.ice_tcp).
+            self._sendto = datagram_transport.sendto
+        elif isinstance(protocol, aioice.ice.StunProtocol) and datagram_transport is not None:
             self._sendto = datagram_transport.sendto
             self._batch = SendBatch(
                 datagram_transport.get_extra_info("socket").fileno(),
                 pair.remote_addr,
                 self._tx_srtp,
                 flush_scheduler(),
+                duplicate=not isinstance(protocol, MuxedStunProtocol),
             )
         else:
             # A TURN relay wraps each datagram; its send is a coroutine.

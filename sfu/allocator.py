@@ -91,7 +91,7 @@ class TrackAllocationInput:
     starting point for tracks it has not allocated before.
     """
 
-    track_id: str
+    consumer_id: str
     layers: list[LayerInfo]
     priority: int = PRIORITY_DEFAULT
     paused: bool = False
@@ -181,10 +181,10 @@ class StreamAllocator:
     ) -> Allocation:
         """Share ``estimate`` (bits/s, minus ``audio_bitrate`` kept for audio)."""
         ordered = sorted(tracks, key=lambda track: -track.priority)
-        candidates = {track.track_id: _candidates(track) for track in ordered}
+        candidates = {track.consumer_id: _candidates(track) for track in ordered}
         references = {
-            track.track_id: self._targets.get(
-                track.track_id,
+            track.consumer_id: self._targets.get(
+                track.consumer_id,
                 None
                 if track.current_layer is None
                 else _rank(track.current_layer, track.current_temporal_layer),
@@ -194,39 +194,39 @@ class StreamAllocator:
         chosen: dict[str, int | None] = {}
         used = audio_bitrate
         for track in ordered:
-            track_id = track.track_id
-            layers = candidates[track_id]
-            chosen[track_id] = None
+            consumer_id = track.consumer_id
+            layers = candidates[consumer_id]
+            chosen[consumer_id] = None
             if not layers:
                 continue
             needed = used + layers[0].bitrate
-            down_at = self._down_at.get(track_id)
+            down_at = self._down_at.get(consumer_id)
             # Paused for lack of bandwidth: resuming is an upgrade like any other.
             if (
-                references[track_id] is None
+                references[consumer_id] is None
                 and down_at is not None
                 and (now - down_at < DOWN_HOLDOFF or needed * (1 + UP_MARGIN) > estimate)
             ):
                 continue
             if needed <= estimate:
-                chosen[track_id] = 0
+                chosen[consumer_id] = 0
                 used = needed
 
         waiting: set[str] = set()
         held: set[str] = set()
         for _, group_iter in groupby(ordered, key=lambda track: track.priority):
-            group = [track.track_id for track in group_iter]
+            group = [track.consumer_id for track in group_iter]
             raised = True
             while raised:
                 raised = False
-                for track_id in group:
-                    index = chosen[track_id]
-                    layers = candidates[track_id]
-                    if track_id in held or index is None or index + 1 >= len(layers):
+                for consumer_id in group:
+                    index = chosen[consumer_id]
+                    layers = candidates[consumer_id]
+                    if consumer_id in held or index is None or index + 1 >= len(layers):
                         continue
                     step = layers[index + 1]
                     new_used = used + step.bitrate - layers[index].bitrate
-                    reference = references[track_id]
+                    reference = references[consumer_id]
                     if reference is not None and step.rank <= reference:
                         if new_used > estimate:
                             continue
@@ -234,17 +234,17 @@ class StreamAllocator:
                         if new_used * (1 + UP_MARGIN) > estimate:
                             continue
                         if reference is not None:
-                            waiting.add(track_id)
-                            since = self._upgrade_since.setdefault(track_id, now)
-                            down_at = self._down_at.get(track_id)
+                            waiting.add(consumer_id)
+                            since = self._upgrade_since.setdefault(consumer_id, now)
+                            down_at = self._down_at.get(consumer_id)
                             if now - since < UP_HOLD_TIME or (
                                 down_at is not None and now - down_at < DOWN_HOLDOFF
                             ):
                                 # Reserve the step while the upgrade waits.
-                                held.add(track_id)
+                                held.add(consumer_id)
                                 used = new_used
                                 continue
-                    chosen[track_id] = index + 1
+                    chosen[consumer_id] = index + 1
                     used = new_used
                     raised = True
 
@@ -254,27 +254,29 @@ class StreamAllocator:
         deficient: set[str] = set()
         total = audio_bitrate
         for track in ordered:
-            track_id = track.track_id
-            layers = candidates[track_id]
-            index = chosen[track_id]
+            consumer_id = track.consumer_id
+            layers = candidates[consumer_id]
+            index = chosen[consumer_id]
             step = None if index is None else layers[index]
-            targets[track_id] = None if step is None else step.spatial
-            temporal_targets[track_id] = None if step is None else step.temporal
-            rank = ranks[track_id] = None if step is None else step.rank
+            targets[consumer_id] = None if step is None else step.spatial
+            temporal_targets[consumer_id] = None if step is None else step.temporal
+            rank = ranks[consumer_id] = None if step is None else step.rank
             if step is not None:
                 total += step.bitrate
             if layers and (index is None or index + 1 < len(layers)):
-                deficient.add(track_id)
-                reference = references[track_id]
+                deficient.add(consumer_id)
+                reference = references[consumer_id]
                 if reference is not None and (rank is None or rank < reference):
-                    self._down_at[track_id] = now
+                    self._down_at[consumer_id] = now
         self._upgrade_since = {
-            track_id: since
-            for track_id, since in self._upgrade_since.items()
-            if track_id in waiting
+            consumer_id: since
+            for consumer_id, since in self._upgrade_since.items()
+            if consumer_id in waiting
         }
         self._targets = ranks
         self._down_at = {
-            track_id: down_at for track_id, down_at in self._down_at.items() if track_id in targets
+            consumer_id: down_at
+            for consumer_id, down_at in self._down_at.items()
+            if consumer_id in targets
         }
         return Allocation(targets, temporal_targets, total, frozenset(deficient))

@@ -7,10 +7,10 @@ sequence numbers and timestamps kept continuous across layer switches by an
 payload type the subscriber negotiated, a retransmission cache for the subscriber's
 NACKs, and the counts its sender reports carry.
 
-Layer switches (mediasoup's SimulcastConsumer, LiveKit's Forwarder): the allocator
-sets a target layer; the producer hands the consumer the target stream's next key
-frame (:meth:`start_layer`) and only then does the consumer leave its current layer,
-so the subscriber's decoder never sees a frame it cannot decode.
+Which stream it forwards and when it switches layers is decided by its
+:class:`~sfu.router.ProducerRoute` (LiveKit's Forwarder; this is its DownTrack): the
+route hands it the packets of its stream (:meth:`forward`) and the switch point of a
+new one (:meth:`start_layer`). It never calls its producer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sfu.allocator import LayerInfo, TrackAllocationInput
 from sfu.producer import TEMPORAL_LAYERS
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
 from sfu.rtp.vp8 import is_vp8_frame_start, is_vp8_keyframe, vp8_layer_sync
@@ -29,7 +28,7 @@ from sfu.rtp_munger import RtpMunger
 from sfu.vp8_munger import Vp8Munger
 
 if TYPE_CHECKING:
-    from sfu.producer import Producer, RtpStream
+    from sfu.producer import Producer
 
 ALL_TEMPORAL_LAYERS = TEMPORAL_LAYERS - 1
 """The temporal limit that forwards every temporal layer."""
@@ -40,9 +39,19 @@ _HEADER = struct.Struct("!BBHII")
 _SEQ = struct.Struct("!H")
 _TIMESTAMP = struct.Struct("!I")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
+RETRANSMIT_RATE = 250_000
+"""Bytes per second a consumer may resend for NACKs (2 Mbit/s: 10 % loss of a 20 Mbit/s
+stream). A NACK names up to 17 packets in 4 bytes, so without a bound one 1,200-byte
+RTCP packet could make the SFU resend 5,000 packets (5.5 MB)."""
+RETRANSMIT_BURST = 100_000
+"""Bytes a consumer may resend at once after a quiet spell (a lost key frame)."""
 PADDING_SIZE = 255
 """Bytes of one padding-only probe packet's payload (the most the count byte allows)."""
 _PADDING = bytes(PADDING_SIZE - 1) + bytes((PADDING_SIZE,))
+_REPORTS_REMEMBERED = 4
+"""Sender reports whose send time a consumer keeps for round-trip times (one every
+second: a receiver report quotes one of the last few)."""
+_MAX_RTT = 60.0
 
 SendRtp = Callable[[bytes, bytes], None]
 """Sends one RTP packet given as its header and its payload."""
@@ -71,25 +80,21 @@ class Consumer:
         self.clock_rate = producer.clock_rate
         self.active = False
         """The subscriber accepted the m-line and its transport is connected."""
-        self.needs_key_frame = True
-        """Nothing is forwarded until the producer hands over a switch point (a key
-        frame for video, any packet for audio) through :meth:`start_layer`."""
         self.paused = False
         self.max_spatial_layer: int | None = None
         self.max_width: int | None = None
         self.max_height: int | None = None
-        self.target_layer: int | None = None
-        """The layer the allocator chose (None: not forwarding)."""
         self._temporal_target = ALL_TEMPORAL_LAYERS
         """The highest VP8 temporal layer the allocator wants forwarded."""
         self._temporal_limit = ALL_TEMPORAL_LAYERS
         """The highest temporal layer forwarded now (follows the target at frame starts)."""
         self.packets_dropped_temporal = 0
-        self.current_stream: RtpStream | None = None
         self.layer_switches = 0
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmissions = 0
+        self.retransmissions_over_budget = 0
+        """NACKed packets not resent because :data:`RETRANSMIT_RATE` was used up."""
         self.nacks_received = 0
         self.plis_received = 0
         self.firs_received = 0
@@ -97,20 +102,20 @@ class Consumer:
         self.first_forwarded_at: float | None = None
         """Monotonic time of the first forwarded packet (join latency metric)."""
         self.rtt: float | None = None
+        """Round-trip time to the subscriber, from its last receiver report."""
         self.fraction_lost = 0
+        self._reports_sent: dict[int, float] = {}
+        """Compact NTP time of each recent SR -> monotonic time it was made."""
         self._send_rtp = send_rtp
         self._munger = RtpMunger(secrets.randbits(16), secrets.randbits(32))
         self._rtx_sequence = secrets.randbits(16)
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
         self._at_frame_boundary = False
         self._cache: list[tuple[bytes, bytes] | None] = [None] * RETRANSMISSION_CACHE_SIZE
+        self._retransmit_allowance = float(RETRANSMIT_BURST)
+        self._retransmit_time = 0.0
         """Sent packets as (header, payload): the payload object is the one the
         producer received (shared by its consumers) unless the VP8 munger rewrote it."""
-
-    @property
-    def current_layer(self) -> int | None:
-        stream = self.current_stream
-        return None if stream is None or self.needs_key_frame else stream.layer
 
     def set_preferences(
         self,
@@ -125,58 +130,26 @@ class Consumer:
         self.max_width = max_width
         self.max_height = max_height
 
-    def allocation_input(self, priority: int, now: float) -> TrackAllocationInput:
-        """What the allocator and dynacast need to know about this consumer."""
-        layers = [
-            LayerInfo(
-                spatial=index,
-                bitrate=stream.available_bitrate(now) if stream is not None else 0,
-                width=stream.width if stream is not None else 0,
-                height=stream.height if stream is not None else 0,
-                temporal_bitrates=stream.temporal_bitrates if stream is not None else (),
-            )
-            for index, stream in enumerate(self.producer.layers)
-        ]
-        return TrackAllocationInput(
-            track_id=self.id,
-            layers=layers,
-            priority=priority,
-            paused=self.paused,
-            max_spatial_layer=self.max_spatial_layer,
-            max_width=self.max_width,
-            max_height=self.max_height,
-            current_layer=self.current_layer,
-            current_temporal_layer=self.current_temporal_layer,
-        )
-
     def activate(
         self,
         payload_type: int,
         rtx_payload_type: int | None = None,
         send_rtp: SendRtp | None = None,
-    ) -> None:
+    ) -> bool:
         """The subscriber accepted this consumer's m-line with ``payload_type`` (and
         ``rtx_payload_type`` for retransmissions, when it negotiated rtx) and its
-        transport is up: start forwarding (video from the next key frame), through
-        ``send_rtp`` when given (the transport's current send path)."""
+        transport is up: forward through ``send_rtp`` when given (the transport's
+        current send path). True when it was not active before (its route restarts it)."""
         if send_rtp is not None:
             self._send_rtp = send_rtp
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type if self.rtx_ssrc is not None else None
-        if not self.active:
-            self.active = True
-            self.restart()
+        started = not self.active
+        self.active = True
+        return started
 
     def deactivate(self) -> None:
         self.active = False
-
-    def restart(self) -> None:
-        """Start over from the next key frame (audio: the next packet) of the target
-        layer: a new subscriber, or a publisher that restarted a stream."""
-        self.needs_key_frame = True
-        self.set_target_layer(
-            self.target_layer if self.target_layer is not None else len(self.producer.rids)
-        )
 
     @property
     def current_temporal_layer(self) -> int | None:
@@ -189,43 +162,17 @@ class Consumer:
         start that allows it (see :meth:`forward`)."""
         self._temporal_target = ALL_TEMPORAL_LAYERS if layer is None else layer
 
-    def set_target_layer(self, layer: int | None) -> None:
-        """Forward ``layer`` from its next key frame on; None stops forwarding."""
-        if layer is None:
-            if self.target_layer is not None or self.current_stream is not None:
-                self.target_layer = None
-                self.producer.detach(self)
-                self.current_stream = None
-                self.needs_key_frame = True
-            return
-        self.target_layer = layer
-        stream = self.producer.stream_for_layer(layer)
-        if stream is None:
-            return
-        if stream is self.current_stream and not self.needs_key_frame:
-            return
-        self.producer.request_layer(self, layer)
-
-    def start_layer(self, stream: RtpStream, seq: int, ts: int, payload: bytes, now: float) -> None:
-        """Called by the producer with the key frame of the layer to switch to."""
-        if self.current_stream is not None and self.current_stream is not stream:
+    def start_layer(self, seq: int, ts: int, payload: bytes, now: float, switched: bool) -> None:
+        """The route starts this consumer on a stream at its packet (``seq``, ``ts``,
+        ``payload``: a key frame's first for video); ``switched``: it leaves another
+        stream for it (a layer switch)."""
+        if switched:
             self.layer_switches += 1
-        self.current_stream = stream
-        self.needs_key_frame = False
         self._munger.switch(seq, ts, now, self.clock_rate)
         if self._vp8 is not None:
             self._vp8.switch(payload)
 
-    def forward(
-        self,
-        stream: RtpStream,
-        marker_bit: int,
-        seq: int,
-        ts: int,
-        payload: bytes,
-        tid: int,
-        now: float,
-    ) -> None:
+    def forward(self, marker_bit: int, seq: int, ts: int, payload: bytes, tid: int) -> None:
         """Rewrite one packet of the current stream and send it.
 
         ``marker_bit`` is 0x80 or 0; ``payload`` starts after the publisher's header
@@ -238,7 +185,7 @@ class Consumer:
         subscriber has), or at once at a key frame or in a stream without temporal
         layers (RFC 7741 section 4.2).
         """
-        if not self.active or self.paused or self.needs_key_frame:
+        if not self.active or self.paused:
             return
         limit = self._temporal_limit
         target = self._temporal_target
@@ -268,58 +215,48 @@ class Consumer:
             self.first_forwarded_at = time.monotonic()
         self._send_rtp(header, payload)
 
-    def request_key_frame(self) -> None:
-        """The subscriber lost its picture (PLI, FIR): ask the publisher for a key frame
-        of the stream this consumer forwards, or of the one it waits to start on, not of
-        every layer."""
-        if not self.needs_key_frame:
-            stream = self.current_stream
-        elif self.target_layer is not None:
-            stream = self.producer.stream_for_layer(self.target_layer)
-        else:
-            return
-        if stream is not None:
-            self.producer.request_key_frame(stream)
+    def stop(self) -> None:
+        """The route took this consumer off its stream: no padding probes until it
+        forwards again (they go only at a frame boundary of what it forwards)."""
+        self._at_frame_boundary = False
 
-    def probe_packets(self, count: int) -> list[tuple[bytes, bytes]]:
-        """Up to ``count`` packets (header, payload) that only probe the subscriber's
-        bandwidth.
+    def skip(self, seq: int) -> None:
+        """The source packet ``seq`` of the current stream carries nothing to forward
+        (padding only): later packets are numbered as if it had never been sent, so the
+        subscriber sees no gap to NACK."""
+        if self.active and not self.paused:
+            self._munger.drop(seq)
 
-        With rtx negotiated: copies of the most recently forwarded packets on the RTX
-        stream (libwebrtc's payload padding): full-sized, anywhere between frames, and
-        dropped by the subscriber as duplicates. Otherwise padding-only packets
-        (:meth:`padding_packets`).
-        """
-        if self.rtx_payload_type is None or not self.active or self.paused or self.needs_key_frame:
-            return self.padding_packets(count)
-        newest = self._munger.last_sequence_number
-        probes = []
-        for back in range(min(count, RETRANSMISSION_CACHE_SIZE)):
-            seq = (newest - back) & 0xFFFF
-            packet = self._cached(seq)
-            if packet is None:
-                break
-            probes.append(self._rtx_packet(packet, seq))
-        return probes
-
-    def retransmit(self, lost: list[int]) -> int:
+    def retransmit(self, lost: list[int], now: float) -> int:
         """Answer a NACK from the subscriber out of the cache; returns packets resent.
 
         With rtx negotiated each packet goes out on the RTX stream (RFC 4588 section 4:
         the RTX payload type, SSRC and sequence number, the original sequence number
-        before the original payload); otherwise the same packet is sent again.
+        before the original payload); otherwise the same packet is sent again. At most
+        :data:`RETRANSMIT_RATE` bytes per second (``now`` in seconds) are resent, in
+        bursts of up to :data:`RETRANSMIT_BURST`; the rest is counted and dropped.
         """
         self.nacks_received += 1
+        allowance = min(
+            self._retransmit_allowance + (now - self._retransmit_time) * RETRANSMIT_RATE,
+            RETRANSMIT_BURST,
+        )
+        self._retransmit_time = now
         sent = 0
         rtx_payload_type = self.rtx_payload_type
-        for seq in lost:
+        for index, seq in enumerate(lost):
+            if allowance <= 0:
+                self.retransmissions_over_budget += len(lost) - index
+                break
             packet = self._cached(seq)
             if packet is None:
                 continue
             if rtx_payload_type is not None:
                 packet = self._rtx_packet(packet, seq)
             self._send_rtp(*packet)
+            allowance -= len(packet[0]) + len(packet[1])
             sent += 1
+        self._retransmit_allowance = allowance
         self.retransmissions += sent
         return sent
 
@@ -355,13 +292,7 @@ class Consumer:
         subscriber's SRTP replay check would drop duplicates before its congestion
         controller saw them.
         """
-        if (
-            self.kind != "video"
-            or not self.active
-            or self.paused
-            or self.needs_key_frame
-            or not self._at_frame_boundary
-        ):
+        if self.kind != "video" or not self.active or self.paused or not self._at_frame_boundary:
             return []
         reserved = self._munger.reserve(count)
         if reserved is None:
@@ -375,13 +306,20 @@ class Consumer:
             for i in range(count)
         ]
 
-    def sender_report(self, now: float) -> SenderReport | None:
-        """An SR translated from the publisher's SR of the current layer (lip sync
-        survives), or from the wall clock before the publisher sent one."""
-        stream = self.current_stream
-        if stream is None or self.packets_sent == 0:
+    def sender_report(
+        self, now: float, wall: float, mapping: tuple[int, int, float] | None
+    ) -> SenderReport | None:
+        """An SR translated from ``mapping``, the (NTP, RTP timestamp, arrival) of the
+        publisher's latest SR of the stream this consumer forwards (lip sync survives),
+        or from the wall clock ``wall`` before the publisher sent one; None before
+        anything was sent.
+
+        ``now`` is the monotonic clock; the SR's compact NTP time is remembered with it,
+        so that a receiver report quoting it gives the round-trip time on the monotonic
+        clock, whatever the publisher's or this machine's wall clock does
+        (:meth:`on_report_block`)."""
+        if self.packets_sent == 0:
             return None
-        mapping = self.producer.timestamp_mapping(stream)
         if mapping is not None:
             ntp_timestamp, rtp_timestamp, arrival = mapping
             elapsed = now - arrival
@@ -390,7 +328,11 @@ class Consumer:
             ntp = ntp_timestamp + int(elapsed * (1 << 32))
         else:
             rtp = self._munger.last_timestamp
-            ntp = ntp_from_unix(now)
+            ntp = ntp_from_unix(wall)
+        reports_sent = self._reports_sent
+        reports_sent[(ntp >> 16) & 0xFFFFFFFF] = now
+        while len(reports_sent) > _REPORTS_REMEMBERED:
+            del reports_sent[next(iter(reports_sent))]
         return SenderReport(
             ssrc=self.ssrc,
             ntp_timestamp=ntp & 0xFFFFFFFFFFFFFFFF,
@@ -399,3 +341,16 @@ class Consumer:
             octet_count=self.octets_sent & 0xFFFFFFFF,
             reports=[],
         )
+
+    def on_report_block(self, lsr: int, dlsr: int, now: float) -> None:
+        """A receiver report about this consumer's stream quoting the SR with compact
+        NTP time ``lsr``, ``dlsr`` (1/65536 s) after it arrived (RFC 3550 section
+        6.4.1): the round-trip time is what the monotonic clock says passed since that
+        SR was made, minus the receiver's delay. An SR this consumer no longer
+        remembers, or an absurd result, leaves :attr:`rtt` as it was."""
+        sent = self._reports_sent.get(lsr) if lsr else None
+        if sent is None:
+            return
+        rtt = now - sent - dlsr / 65536
+        if 0 <= rtt < _MAX_RTT:
+            self.rtt = rtt

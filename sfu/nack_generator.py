@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, WrapAroundExtender
+from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, WrapAroundExtender, diff
 
 MAX_PACKET_AGE = 10_000
 """Missing packets this far behind the newest one are no longer requested."""
@@ -60,7 +60,7 @@ class NackInfo:
 class NackGenerator:
     """Loss detection and NACK scheduling for one received RTP stream."""
 
-    __slots__ = ("_extender", "_key_frames", "_last", "_nack_list", "_recovered")
+    __slots__ = ("_extender", "_key_frames", "_last", "_nack_list")
 
     def __init__(self) -> None:
         self._extender = WrapAroundExtender(SEQUENCE_NUMBER_BITS)
@@ -70,18 +70,14 @@ class NackGenerator:
         """Missing packets by extended sequence number, in ascending insertion order."""
         self._key_frames: deque[int] = deque()
         """Extended sequence numbers of recent key frames' first packets, ascending."""
-        self._recovered: set[int] = set()
-        """Packets that arrived by retransmission ahead of the media stream."""
 
     @property
     def missing(self) -> list[int]:
         """Sequence numbers currently on the NACK list, oldest first."""
         return [seq & _SEQ_MASK for seq in self._nack_list]
 
-    def received(
-        self, seq: int, now: float, key_frame: bool = False, recovered: bool = False
-    ) -> NackResult:
-        """A packet of the stream arrived (``recovered``: by retransmission, RTX).
+    def received(self, seq: int, now: float, key_frame: bool = False) -> NackResult:
+        """A packet of the stream arrived (media, or a retransmission on RTX).
 
         Returns the newly missing sequence numbers to NACK at once, and whether the
         list overflowed so that only a key frame can repair the stream.
@@ -101,12 +97,6 @@ class NackGenerator:
         key_frames = self._key_frames
         while key_frames and key_frames[0] < ext - MAX_PACKET_AGE:
             key_frames.popleft()
-        if recovered:
-            # A retransmission newer than the media stream (an RTX probe): remember it
-            # so that it is not NACKed once the gap up to it is seen.
-            self._recovered = {s for s in self._recovered if s >= ext - MAX_PACKET_AGE}
-            self._recovered.add(ext)
-            return NOTHING_TO_DO
         if ext == last + 1:  # in order, nothing lost: the common case
             self._last = ext
             if self._nack_list:
@@ -117,6 +107,15 @@ class NackGenerator:
         if added is None:
             return NackResult(key_frame_required=True)
         return NackResult([seq & _SEQ_MASK for seq in added])
+
+    def awaits(self, seq: int) -> bool:
+        """Whether ``seq`` is on the NACK list: a retransmission of it repairs a loss, one
+        of any other packet is a duplicate (libwebrtc's payload padding: RTX copies of
+        packets already sent, as bandwidth probes). Changes nothing."""
+        last = self._last
+        if last is None or not self._nack_list:
+            return False
+        return last + diff(seq, last & _SEQ_MASK, SEQUENCE_NUMBER_BITS) in self._nack_list
 
     def timer(self, now: float, rtt: float) -> list[int]:
         """Sequence numbers to NACK again: last NACKed at least ``rtt`` seconds ago.
@@ -137,8 +136,7 @@ class NackGenerator:
             if len(nack_list) + count > MAX_NACK_PACKETS:
                 nack_list.clear()
                 return None
-        recovered = self._recovered
-        added = [seq for seq in range(start, end) if seq not in recovered]
+        added = list(range(start, end))
         for seq in added:
             nack_list[seq] = NackInfo(now)
         return added

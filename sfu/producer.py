@@ -3,10 +3,11 @@
 A plain track has one stream; a simulcast track has one per RID, each a spatial
 layer (0 = lowest). Each stream keeps receive statistics (for receiver reports), its
 latest sender report (for the consumers' translated sender reports), a NACK
-generator, a bitrate meter and the resolution read from its key frames. Packets are
-fanned out to the consumers currently on the stream's layer; consumers waiting to
-switch to the layer are handed its key frames. Key-frame requests reach the
-publisher through a :class:`KeyFrameRequestManager` per stream.
+generator, a bitrate meter and the resolution read from its key frames. What a
+producer receives it hands to its listener (the room's
+:class:`~sfu.router.ProducerRoute`, which fans it out to consumers): the producer knows
+no consumer. Key-frame requests reach the publisher through a
+:class:`KeyFrameRequestManager` per stream.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from sfu.keyframe_request_manager import KeyFrameRequestManager
 from sfu.nack_generator import NackGenerator
-from sfu.rtp.h264 import is_h264_keyframe
+from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
+from sfu.rtp.packet import RTP_HEADER_SIZE, RTP_PADDING_BIT
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.rtp.vp8 import is_vp8_keyframe, vp8_temporal_id
 from sfu.sdp import Codec
-
-if TYPE_CHECKING:
-    from sfu.consumer import Consumer
 
 TEMPORAL_LAYERS = 4
 """Temporal layer indexes a VP8 descriptor can carry (its TID field has two bits)."""
@@ -36,9 +35,26 @@ KNOWN_RID_ORDER = {"q": 0, "h": 1, "f": 2, "l": 0, "m": 1, "0": 0, "1": 1, "2": 
 """Common RID names (Chrome's and LiveKit's) in spatial order; others keep their order
 in ``a=simulcast``."""
 VP8_START_CODE = b"\x9d\x01\x2a"
+RTX_OSN_SIZE = 2
+"""Bytes of the original sequence number in front of an RTX payload (RFC 4588 §4)."""
 
 _SEQ_TS = struct.Struct("!HI")
+_HEADER = struct.Struct("!BBHII")
 _VP8_SIZE = struct.Struct("<HH")
+
+
+class RtpObserver(Protocol):
+    """Something that sees every packet of a producer besides its consumers (a
+    recorder, :mod:`sfu.recording`)."""
+
+    max_layer: int
+    """The highest layer it needs: dynacast keeps the layers up to it on."""
+
+    def receive_rtp(self, stream: RtpStream, data: bytes, payload_start: int, now: float) -> None:
+        """One packet of ``stream``, padding removed (a padding-only packet has nothing
+        after ``payload_start``)."""
+        ...
+
 
 SendKeyFrameRequest = Callable[[int], None]
 """Sends a PLI for the given publisher SSRC."""
@@ -55,6 +71,21 @@ def _key_frame_detector(codec: Codec) -> Callable[[bytes], bool]:
     return lambda payload: False
 
 
+def _no_size(payload: bytes) -> None:
+    return None
+
+
+def _key_frame_size_reader(codec: Codec) -> Callable[[bytes], tuple[int, int] | None]:
+    """How to read the picture size from a key frame's packet: it tells the allocator
+    which layer fits the size a subscriber renders."""
+    name = codec.name.lower()
+    if name == "vp8":
+        return vp8_key_frame_size
+    if name == "h264":
+        return h264_key_frame_size
+    return _no_size
+
+
 def vp8_key_frame_size(payload: bytes) -> tuple[int, int] | None:
     """Width and height from a VP8 key frame's first packet (RFC 6386 section 9.1)."""
     index = payload.find(VP8_START_CODE, 0, 32)
@@ -64,7 +95,7 @@ def vp8_key_frame_size(payload: bytes) -> tuple[int, int] | None:
     return width & 0x3FFF, height & 0x3FFF
 
 
-@dataclass
+@dataclass(eq=False)
 class RtpStream:
     """One incoming RTP stream of a producer (a simulcast layer, or the only stream)."""
 
@@ -74,10 +105,6 @@ class RtpStream:
     statistics: ReceiveStatistics
     nack: NackGenerator = field(default_factory=NackGenerator)
     key_frames: KeyFrameRequestManager = field(default_factory=KeyFrameRequestManager)
-    consumers: list[Consumer] = field(default_factory=list)
-    """Consumers currently forwarding this stream."""
-    pending: list[Consumer] = field(default_factory=list)
-    """Consumers that switch to this stream at its next key frame."""
     width: int = 0
     height: int = 0
     bitrate: int = 0
@@ -126,6 +153,69 @@ class RtpStream:
         return self.bitrate if self.flowing(now) or self.paused else 0
 
 
+class ProducerListener(Protocol):
+    """Who a producer hands what it receives to (:class:`sfu.router.ProducerRoute`)."""
+
+    def wants(self, stream: RtpStream) -> bool:
+        """Whether anything is forwarded from ``stream`` or waits for it (otherwise only
+        the receive side's bookkeeping runs for its packets)."""
+        ...
+
+    def on_rtp(
+        self,
+        stream: RtpStream,
+        marker: int,
+        seq: int,
+        ts: int,
+        payload: bytes,
+        tid: int,
+        switch_point: bool,
+        now: float,
+    ) -> None:
+        """A media packet of ``stream``: ``marker`` is 0x80 or 0, ``payload`` follows
+        the publisher's header (padding stripped), ``tid`` its VP8 temporal layer (-1:
+        none); ``switch_point``: a consumer may start on the stream here (the newest
+        packet, of a key frame for video)."""
+        ...
+
+    def on_padding(self, stream: RtpStream, seq: int) -> None:
+        """Packet ``seq`` of ``stream`` carried only padding."""
+        ...
+
+    def on_stream_added(self, stream: RtpStream, previous: RtpStream | None) -> None:
+        """A new SSRC is bound; ``previous`` is the stream of the same layer it replaces."""
+        ...
+
+
+class _Unrouted:
+    """The listener of a producer no router has taken (yet, or any more)."""
+
+    def wants(self, stream: RtpStream) -> bool:
+        return False
+
+    def on_rtp(
+        self,
+        stream: RtpStream,
+        marker: int,
+        seq: int,
+        ts: int,
+        payload: bytes,
+        tid: int,
+        switch_point: bool,
+        now: float,
+    ) -> None:
+        pass
+
+    def on_padding(self, stream: RtpStream, seq: int) -> None:
+        pass
+
+    def on_stream_added(self, stream: RtpStream, previous: RtpStream | None) -> None:
+        pass
+
+
+UNROUTED: ProducerListener = _Unrouted()
+
+
 class Producer:
     def __init__(
         self,
@@ -153,10 +243,17 @@ class Producer:
         self.muted = False
         self.streams: dict[int, RtpStream] = {}
         self.layers: list[RtpStream | None] = [None] * max(1, len(self.rids))
-        self.consumers: dict[str, Consumer] = {}
+        self.listener: ProducerListener = UNROUTED
+        self.observers: list[RtpObserver] = []
+        """Listeners to every packet of every stream besides the route (recorders)."""
         self.packets_dropped = 0
+        self.padding_dropped = 0
+        """Probes not forwarded: padding-only packets (media ones are counted as
+        received) and RTX copies of packets already received."""
         self.nacks_sent = 0
         self._is_key_frame = _key_frame_detector(self.codec)
+        self._key_frame_size = _key_frame_size_reader(self.codec)
+        self._reads_size = self._key_frame_size is not _no_size
         self._is_vp8 = self.codec.name.lower() == "vp8"
         self._send_key_frame_request = send_key_frame_request
         self._send_nack = send_nack
@@ -173,15 +270,14 @@ class Producer:
         if previous is not None:
             # The publisher restarted this layer with a new SSRC: consumers follow it.
             self.streams.pop(previous.ssrc, None)
-            for consumer in previous.consumers + previous.pending:
-                stream.pending.append(consumer)
-                consumer.restart()
         self.streams[ssrc] = stream
         self.layers[layer] = stream
-        for consumer in self.consumers.values():
-            if consumer.active and consumer.current_stream is None:
-                consumer.restart()
+        self.listener.on_stream_added(stream, previous)
         return stream
+
+    def stop_listening(self) -> None:
+        """Hand nothing on any more (the producer left its router)."""
+        self.listener = UNROUTED
 
     def measuring(self, now: float) -> bool:
         """Media flows but no stream has completed its first bitrate window: the
@@ -189,22 +285,6 @@ class Producer:
         started on (stopping them would cost a key frame once the figures arrive)."""
         streams = self.streams.values()
         return not any(s.bitrate for s in streams) and any(s.flowing(now) for s in streams)
-
-    def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers[consumer.id] = consumer
-
-    def remove_consumer(self, consumer_id: str) -> None:
-        consumer = self.consumers.pop(consumer_id, None)
-        if consumer is not None:
-            self.detach(consumer)
-
-    def detach(self, consumer: Consumer) -> None:
-        """Stop forwarding any stream to ``consumer`` (it stays a consumer)."""
-        for stream in self.streams.values():
-            if consumer in stream.consumers:
-                stream.consumers.remove(consumer)
-            if consumer in stream.pending:
-                stream.pending.remove(consumer)
 
     def stream_for_layer(self, layer: int) -> RtpStream | None:
         """The stream of ``layer``, or the nearest lower one that exists."""
@@ -214,35 +294,35 @@ class Producer:
                 return stream
         return next((s for s in self.layers if s is not None), None)
 
-    def request_layer(self, consumer: Consumer, layer: int) -> None:
-        """Move ``consumer`` to ``layer`` at that layer's next key frame."""
-        stream = self.stream_for_layer(layer)
-        if stream is None:
-            return
-        for other in self.streams.values():
-            if consumer in other.pending:
-                other.pending.remove(consumer)
-        if consumer in stream.consumers and not consumer.needs_key_frame:
-            return
-        stream.pending.append(consumer)
-        self.request_key_frame(stream)
-
-    def switch_consumer(self, consumer: Consumer, stream: RtpStream) -> None:
-        """A pending consumer got ``stream``'s key frame: it forwards that stream now."""
-        for other in self.streams.values():
-            if consumer in other.consumers:
-                other.consumers.remove(consumer)
-        stream.pending.remove(consumer)
-        stream.consumers.append(consumer)
-
     def receive(self, stream: RtpStream, data: bytes, payload_start: int, now: float) -> None:
-        """One validated RTP packet of ``stream``; ``payload_start`` skips its header."""
+        """One validated RTP packet of ``stream``; ``payload_start`` skips its header.
+
+        RTP padding (RFC 3550 §5.1: the P bit, the last octet counts the padding octets,
+        itself included; the header parse checked the count) is stripped before anything
+        reads the payload, so no codec parser and no subscriber sees it. A packet that
+        is only padding (libwebrtc's padding on the media SSRC when rtx is not
+        negotiated) is counted and dropped (:meth:`_receive_padding`).
+        """
+        if data[0] & RTP_PADDING_BIT:
+            data = data[: len(data) - data[-1]]
+            if len(data) <= payload_start:
+                self._receive_padding(stream, data, now)
+                return
         seq, ts = _SEQ_TS.unpack_from(data, 2)
-        stream.statistics.add(seq, ts, len(data), now)
+        extended = stream.statistics.add(seq, ts, len(data), now)
         tid = vp8_temporal_id(data, payload_start) if self._is_vp8 else -1
         stream.meter(len(data), now, tid)
-        if self.muted or not (stream.consumers or stream.pending):
+        for observer in self.observers:
+            observer.receive_rtp(stream, data, payload_start, now)
+        listener = self.listener
+        if self.muted or not listener.wants(stream):
             if self.kind == "video":
+                if not stream.width and self._reads_size:
+                    # A layer nobody watches yet still needs its size, or the allocator
+                    # would skip it when capping by the subscriber's tile.
+                    payload = data[payload_start:]
+                    if self._is_key_frame(payload):
+                        stream.width, stream.height = self._key_frame_size(payload) or (0, 0)
                 self._track_loss(stream, seq, now, False)
             return
         payload = data[payload_start:]
@@ -251,18 +331,72 @@ class Producer:
             key_frame = self._is_key_frame(payload)
             if key_frame:
                 stream.key_frames.key_frame_received()
-                if self._is_vp8:
-                    size = vp8_key_frame_size(payload)
-                    if size is not None:
-                        stream.width, stream.height = size
+                size = self._key_frame_size(payload)
+                if size is not None:
+                    stream.width, stream.height = size
             self._track_loss(stream, seq, now, key_frame)
-        marker = data[1] & 0x80
-        if stream.pending and (key_frame or self.kind == "audio"):
-            for consumer in list(stream.pending):
-                self.switch_consumer(consumer, stream)
-                consumer.start_layer(stream, seq, ts, payload, now)
-        for consumer in stream.consumers:
-            consumer.forward(stream, marker, seq, ts, payload, tid, now)
+        # A switch starts at the newest packet only: a key frame older than that (an RTX
+        # probe copying what was sent long ago) would leave the subscriber a gap.
+        switch_point = (
+            key_frame or self.kind == "audio"
+        ) and extended == stream.statistics.highest_sequence
+        listener.on_rtp(stream, data[1] & 0x80, seq, ts, payload, tid, switch_point, now)
+
+    def _receive_padding(self, stream: RtpStream, header: bytes, now: float) -> None:
+        """A packet of ``stream`` with nothing but padding (``header`` is what is left).
+
+        It has a sequence number of the stream, so the receive statistics count it and
+        the NACK generator sees no gap, and each consumer is told to leave no gap either
+        (mediasoup's SeqManager drop, LiveKit's RTPMunger ``PacketDropped``). It is not
+        metered: the allocator plans with the bitrate of media, not of probes. A marker
+        bit goes with it: libwebrtc never sets one on padding, and its receivers ignore
+        the marker of a packet without payload.
+        """
+        self.padding_dropped += 1
+        seq, ts = _SEQ_TS.unpack_from(header, 2)
+        stream.statistics.add(seq, ts, len(header), now)
+        for observer in self.observers:
+            observer.receive_rtp(stream, header, len(header), now)
+        if self.kind == "video":
+            self._track_loss(stream, seq, now, False)
+        if not self.muted:
+            self.listener.on_padding(stream, seq)
+
+    def receive_rtx(self, stream: RtpStream, data: bytes, payload_start: int, now: float) -> None:
+        """One validated RTP packet of the RTX stream (RFC 4588) that repairs ``stream``.
+
+        Only a packet the NACK generator waits for is repaired (as mediasoup's
+        ``RtpStreamRecv`` does): it is rebuilt from the original sequence number and
+        payload with the media stream's SSRC and payload type, padding stripped, and
+        received as such; one with the original sequence number and nothing else repairs
+        a padding-only packet. Everything else is one of libwebrtc's probes, counted and
+        dropped: padding-only RTX packets (no original sequence number once the padding
+        is gone; numbered in the RTX stream, so no media gap), and payload padding (RTX
+        copies of packets already received, which every subscriber of the layer would
+        otherwise get again, to be discarded by its SRTP replay check).
+        """
+        end = len(data)
+        if data[0] & RTP_PADDING_BIT:
+            end -= data[-1]
+        start = payload_start + RTX_OSN_SIZE
+        if end < start:
+            self.padding_dropped += 1
+            return
+        original_seq = int.from_bytes(data[payload_start:start], "big")
+        if not stream.nack.awaits(original_seq):
+            self.padding_dropped += 1
+            return
+        header = _HEADER.pack(
+            0x80,
+            (data[1] & 0x80) | self.codec.payload_type,
+            original_seq,
+            int.from_bytes(data[4:8], "big"),
+            stream.ssrc,
+        )
+        if end == start:
+            self._receive_padding(stream, header, now)
+        else:
+            self.receive(stream, header + data[start:end], RTP_HEADER_SIZE, now)
 
     def _track_loss(self, stream: RtpStream, seq: int, now: float, key_frame: bool) -> None:
         result = stream.nack.received(seq, now, key_frame)
@@ -292,7 +426,7 @@ class Producer:
         """A consumer needs a key frame of ``stream``; throttled per stream."""
         if self.kind != "video":
             return
-        delay = stream.key_frames.request(time.time())
+        delay = stream.key_frames.request(time.monotonic())
         if delay is None:
             return
         if delay == 0:
@@ -301,5 +435,5 @@ class Producer:
             asyncio.get_running_loop().call_later(delay, self._retry_key_frame, stream)
 
     def _retry_key_frame(self, stream: RtpStream) -> None:
-        if stream.ssrc in self.streams and stream.key_frames.retry(time.time()):
+        if stream.ssrc in self.streams and stream.key_frames.retry(time.monotonic()):
             self._send_key_frame_request(stream.ssrc)

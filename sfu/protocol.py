@@ -12,15 +12,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest WebSocket text frame accepted from a client (an SDP offer is ~10 kB)."""
+MAX_FRAME_BYTES = 2 * MAX_MESSAGE_BYTES
+"""Largest frame the server reads at all: up to it a frame too large gets a
+``too_large`` error; above it the socket closes with 1009 (message too big), so that
+no socket makes the server buffer more than this."""
 CLOSE_WORKER_LOST = 4001
 """Socket close code after a ``worker_lost`` error: join again (the room moved)."""
 CLOSE_REMOVED = 4002
 """Socket close code after a ``removed`` error: do not rejoin."""
+CLOSE_DUPLICATE_IDENTITY = 4003
+"""Socket close code after a ``duplicate_identity`` error: a newer session took over."""
+CLOSE_SESSION_FAILED = 4004
+"""Socket close code after a fatal session error (``transport_failed``,
+``renegotiation_timeout``, ``join_timeout``): join again."""
 
 
 class ErrorCode(StrEnum):
@@ -45,7 +54,47 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost"
     REMOVED = "removed"
     RESUME_FAILED = "resume_failed"
+    RATE_LIMITED = "rate_limited"
+    ROOM_FULL = "room_full"
+    TOO_MANY_TRACKS = "too_many_tracks"
+    RENEGOTIATION_TIMEOUT = "renegotiation_timeout"
+    JOIN_TIMEOUT = "join_timeout"
+    DUPLICATE_IDENTITY = "duplicate_identity"
+    CODEC_UNSUPPORTED = "codec_unsupported"
+    UNKNOWN_SESSION = "unknown_session"
+    """WHIP/WHEP: no HTTP session with that id (never created, or ended)."""
+    PRECONDITION_FAILED = "precondition_failed"
+    """WHIP/WHEP: a PATCH whose If-Match names another ICE session."""
+    UNSUPPORTED = "unsupported"
+    """WHIP/WHEP: a request the server understands but does not implement (ICE restart)."""
+    UNKNOWN_RECORDING = "unknown_recording"
+    ALREADY_RECORDING = "already_recording"
+    RECORDING_LIMIT = "recording_limit"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL = "internal"
+
+
+def _unicode(value: str) -> str:
+    """Refuse a lone surrogate ("\\ud800" in JSON): it is no character, and no reply
+    or event that repeats the string could be encoded."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (not Unicode text)") from None
+    return value
+
+
+def _display_name(value: str) -> str:
+    # Surrogates are not printable: this refuses them too.
+    if not value.isprintable():
+        raise ValueError("contains non-printable characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A string from a client that the server may repeat: valid Unicode."""
+DisplayName = Annotated[str, AfterValidator(_display_name), Field(max_length=64)]
+"""A name shown to other participants: printable Unicode."""
 
 
 class _Message(BaseModel):
@@ -61,8 +110,8 @@ class JoinMessage(_Message):
 
     type: Literal["join"] = "join"
     token: str
-    name: str | None = Field(default=None, max_length=64, description="display name")
-    resume: str | None = Field(
+    name: DisplayName | None = Field(default=None, description="display name")
+    resume: Text | None = Field(
         default=None,
         max_length=256,
         description="the resume_token of a session whose socket dropped: take it over",
@@ -73,8 +122,8 @@ class PublishOfferMessage(_Message):
     """SDP offer for the publish transport (client offers, server answers)."""
 
     type: Literal["publish_offer"] = "publish_offer"
-    sdp: str = Field(max_length=MAX_MESSAGE_BYTES)
-    tracks: dict[str, TrackInfo] = Field(
+    sdp: Text = Field(max_length=MAX_MESSAGE_BYTES)
+    tracks: dict[Text, TrackInfo] = Field(
         default_factory=dict, description="per offered MID: what the track is (source, name)"
     )
 
@@ -83,15 +132,15 @@ class SubscribeAnswerMessage(_Message):
     """SDP answer to the server's latest :class:`SubscribeOfferMessage`."""
 
     type: Literal["subscribe_answer"] = "subscribe_answer"
-    sdp: str = Field(max_length=MAX_MESSAGE_BYTES)
+    sdp: Text = Field(max_length=MAX_MESSAGE_BYTES)
     revision: int
 
 
 class IceCandidate(BaseModel):
     """An ICE candidate as the browser's ``RTCIceCandidate.toJSON()`` gives it."""
 
-    candidate: str = Field(max_length=512)
-    sdpMid: str | None = None  # the W3C names, as browsers send them
+    candidate: Text = Field(max_length=512)
+    sdpMid: Text | None = None  # the W3C names, as browsers send them
     sdpMLineIndex: int | None = None
 
 
@@ -107,7 +156,7 @@ class MuteMessage(_Message):
     """Mute or unmute one of the sender's own published tracks."""
 
     type: Literal["mute"] = "mute"
-    track_id: str
+    track_id: Text
     muted: bool
 
 
@@ -119,7 +168,7 @@ class TrackSettingsMessage(_Message):
     """
 
     type: Literal["track_settings"] = "track_settings"
-    track_id: str
+    track_id: Text
     paused: bool = False
     max_spatial_layer: int | None = Field(default=None, ge=0, le=2)
     max_width: int | None = Field(default=None, ge=0, le=16384)
@@ -168,7 +217,7 @@ class TrackInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     source: Literal["camera", "microphone", "screen", "screen_audio", "unknown"] = "unknown"
-    name: str | None = Field(default=None, max_length=64)
+    name: DisplayName | None = None
 
 
 class Track(BaseModel):
@@ -288,6 +337,64 @@ class ActiveSpeakersMessage(_Message):
     participant_ids: list[str]
 
 
+class RecordingFinishedMessage(_Message):
+    """One recorded file is complete (recordings are started and stopped through the
+    room API). Every participant of the room gets it."""
+
+    type: Literal["recording_finished"] = "recording_finished"
+    recording_id: str
+    room: str
+    track_id: str
+    participant_id: str
+    identity: str
+    kind: Literal["audio", "video"]
+    codec: str = Field(description="MIME type, e.g. video/VP8")
+    file: str | None = Field(
+        description="the file's path relative to the recording directory; None when no "
+        "frame was written (the track sent nothing recordable)"
+    )
+    segment: int = Field(
+        description="1 for a track's first file; a publisher that reconnects continues a "
+        "track recording in segment 2, 3, ..."
+    )
+    started_at: float = Field(description="Unix time of the file's media time 0")
+    duration: float = Field(description="seconds from media time 0 to the end of the last frame")
+    bytes: int
+    frames: int
+    frames_lost: int = Field(
+        description="video frames not written: a packet lost or malformed, or waiting for "
+        "the next key frame after that; audio frames missing"
+    )
+    reason: Literal["stopped", "track_ended", "room_closed", "disk_full", "error", "shutdown"]
+    error: str | None = None
+
+
+class RecordingTrack(BaseModel):
+    """A track being recorded (room API)."""
+
+    track_id: str
+    participant_id: str
+    identity: str
+    kind: Literal["audio", "video"]
+    codec: str
+    file: str
+    segment: int
+    layer: int | None = Field(
+        default=None, description="the simulcast layer recorded now (video; 0 = lowest)"
+    )
+
+
+class RecordingInfo(BaseModel):
+    """A recording (room API): one track, or every track of a room."""
+
+    recording_id: str
+    room: str
+    track_id: str | None = Field(description="the recorded track; None: every track of the room")
+    started_at: float
+    tracks: list[RecordingTrack]
+    finished: list[RecordingFinishedMessage] = Field(default_factory=list)
+
+
 class PongMessage(_Message):
     type: Literal["pong"] = "pong"
 
@@ -301,6 +408,14 @@ class ErrorMessage(_Message):
     message: str
     request_type: str | None = None
     fatal: bool = False
+    track_id: str | None = Field(
+        default=None, description="the track the error is about (codec_unsupported)"
+    )
+    codec: str | None = Field(
+        default=None,
+        description="the codec's MIME type, e.g. video/H264 (codec_unsupported: the "
+        "subscriber cannot decode it, so the track is not sent to it)",
+    )
 
 
 ServerMessage = (
@@ -315,6 +430,7 @@ ServerMessage = (
     | TrackMutedMessage
     | PublisherLayersMessage
     | ActiveSpeakersMessage
+    | RecordingFinishedMessage
     | PongMessage
     | ErrorMessage
 )

@@ -1,12 +1,14 @@
 """A Room: the participants of one conversation and the producers they publish.
 
-A room lives on exactly one worker (one event loop, no locks). It connects every
-producer to a consumer for each other participant that may subscribe, and tells
-everyone about arrivals, departures and tracks.
+A room lives on exactly one worker (one event loop, no locks). Its
+:class:`~sfu.router.Router` connects every producer to a consumer for each other
+participant that may subscribe and does the fan-out; the room tells everyone about
+arrivals, departures and tracks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sfu.active_speaker import ActiveSpeakerDetector
@@ -22,6 +24,7 @@ from sfu.protocol import (
     TrackPublishedMessage,
     TrackUnpublishedMessage,
 )
+from sfu.router import Router
 
 if TYPE_CHECKING:
     from sfu.participant import Participant
@@ -38,43 +41,77 @@ class Room:
         self.name = name
         self.worker = worker
         self.participants: dict[str, Participant] = {}
+        self.joining = 0
+        """Joins admitted but not yet in :attr:`participants` (their transports are
+        gathering): they count toward the room's size, and keep the room alive."""
+        self.started = False
+        """Its first participant got in (``room_started`` was told); a room whose
+        first joins all failed never started, and finishes silently."""
+        self.router = Router()
         self.speakers = ActiveSpeakerDetector()
         self.active_speakers: list[str] = []
         self._dynacast: dict[str, DynacastManager] = {}
         self._next_dynacast = 0.0
 
     def broadcast(self, message: ServerMessage, exclude: str | None = None) -> None:
+        self.worker.room_event(self.name, message)
         for participant in self.participants.values():
             if participant.id != exclude:
                 participant.send(message)
+
+    @property
+    def size(self) -> int:
+        """Participants in the room and on their way in (see :attr:`joining`)."""
+        return len(self.participants) + self.joining
 
     def add(self, participant: Participant) -> None:
         """A participant entered: announce it and subscribe it to every producer."""
         self.broadcast(ParticipantJoinedMessage(participant=participant.info()))
         self.participants[participant.id] = participant
-        for other in self.participants.values():
-            if other is participant:
-                continue
-            for producer in other.producers.values():
-                participant.add_consumer(producer)
+        participant.update_consumers(
+            added=[
+                producer
+                for other in self.participants.values()
+                if other is not participant
+                for producer in other.producers.values()
+            ]
+        )
 
     def remove(self, participant: Participant) -> None:
         """A participant left: its producers go, and so do its consumers."""
         if self.participants.pop(participant.id, None) is None:
             return
-        for producer in list(participant.producers.values()):
-            self.unpublish(producer)
+        self.change_tracks(participant, unpublished=list(participant.producers.values()))
         participant.producers.clear()
         for consumer in participant.consumers():
-            consumer.producer.remove_consumer(consumer.id)
+            self.router.remove_consumer(consumer)
         self.broadcast(ParticipantLeftMessage(participant_id=participant.id))
 
-    def publish(self, producer: Producer) -> None:
-        owner = self.participants[producer.participant_id]
-        self.broadcast(TrackPublishedMessage(track=owner.track_info(producer)), exclude=owner.id)
+    def change_tracks(
+        self,
+        owner: Participant,
+        published: Sequence[Producer] = (),
+        unpublished: Sequence[Producer] = (),
+    ) -> None:
+        """Tracks of ``owner`` that started and ended (those of one publish offer, or
+        all of a leaving participant's): announced, then one renegotiation for each
+        other participant."""
+        for producer in unpublished:
+            self._dynacast.pop(producer.id, None)
+            self.broadcast(
+                TrackUnpublishedMessage(track_id=producer.id, participant_id=owner.id),
+                exclude=owner.id,
+            )
+        for producer in published:
+            self.router.add_producer(producer)
+            message = TrackPublishedMessage(track=owner.track_info(producer))
+            self.broadcast(message, exclude=owner.id)
         for participant in self.participants.values():
             if participant is not owner:
-                participant.add_consumer(producer)
+                participant.update_consumers(added=published, removed=unpublished)
+        for producer in unpublished:
+            self.router.remove_producer(producer)
+        self.worker.recordings.tracks_changed(self, owner, published, unpublished)
 
     def tick(self, now: float) -> None:
         """Periodic room work: active speakers and dynacast."""
@@ -98,25 +135,20 @@ class Room:
         # Wanted by preference, not by the allocator's current choice: a layer paused
         # while bandwidth is short could never be chosen again once it stops flowing.
         wanted: set[int] = set()
-        for consumer in producer.consumers.values():
+        route = self.router.route(producer)
+        for forwarding in route.forwardings.values():
+            consumer = forwarding.consumer
             if consumer.active:
-                preferred = preferred_max_layer(consumer.allocation_input(0, now))
+                preferred = preferred_max_layer(route.allocation_input(consumer, 0, now))
                 if preferred is not None:
                     wanted.update(range(preferred + 1))
+        for observer in producer.observers:
+            wanted.update(range(observer.max_layer + 1))
         active = manager.update(wanted, now)
         if active is not None:
             for stream in producer.streams.values():
                 stream.paused = stream.rid is not None and not active.get(stream.rid, True)
             owner.send(PublisherLayersMessage(track_id=producer.id, active=active))
-
-    def unpublish(self, producer: Producer) -> None:
-        self._dynacast.pop(producer.id, None)
-        for participant in self.participants.values():
-            participant.remove_consumer(producer)
-        self.broadcast(
-            TrackUnpublishedMessage(track_id=producer.id, participant_id=producer.participant_id),
-            exclude=producer.participant_id,
-        )
 
     def track_muted(self, producer: Producer) -> None:
         self.broadcast(

@@ -43,10 +43,8 @@ class RtpMunger:
     ``initial_sequence_number`` and ``initial_timestamp`` are the values the first
     forwarded packet gets (a consumer picks them at random, RFC 3550 §5.1).
 
-    The munger does not look at SSRCs unless told: pass ``ssrc`` to :meth:`switch` and
-    to :meth:`translate` / :meth:`drop` and packets of any other stream (a late packet
-    of the previous layer) are refused; otherwise the caller must only pass packets of
-    the stream it switched to.
+    The munger does not look at SSRCs: the caller passes only packets of the stream it
+    switched to.
     """
 
     __slots__ = (
@@ -61,7 +59,6 @@ class RtpMunger:
         "_last_out_ts",
         "_seq_ext",
         "_seq_offset",
-        "_ssrc",
         "_ts_offset",
     )
 
@@ -70,7 +67,6 @@ class RtpMunger:
         self._last_out_ts = initial_timestamp & _TS_MASK
         self._forwarded = False
         self._seq_ext: WrapAroundExtender | None = None
-        self._ssrc: int | None = None
         self._seq_offset = 0
         self._ts_offset = 0
         self._highest_in = 0
@@ -100,14 +96,7 @@ class RtpMunger:
         outgoing one: translates the publisher's sender reports for lip sync."""
         return self._ts_offset & _TS_MASK
 
-    def switch(
-        self,
-        first_seq: int,
-        first_ts: int,
-        now: float,
-        clock_rate: int,
-        ssrc: int | None = None,
-    ) -> None:
+    def switch(self, first_seq: int, first_ts: int, now: float, clock_rate: int) -> None:
         """Start forwarding a new source stream at its packet (``first_seq``, ``first_ts``).
 
         That packet (a key frame's first) gets the next outgoing sequence number; its
@@ -133,21 +122,19 @@ class RtpMunger:
         self._highest_in = seq - 1
         self._floor = seq
         self._dropped = []
-        self._ssrc = ssrc
         self._anchor_time = now
         self._anchor_ts = next_ts
         self._clock_rate = clock_rate
 
-    def translate(self, seq: int, ts: int, ssrc: int | None = None) -> tuple[int, int] | None:
+    def translate(self, seq: int, ts: int) -> tuple[int, int] | None:
         """The outgoing (sequence number, timestamp) of a source packet, or None to drop it.
 
-        None for: no stream switched to yet, another SSRC than the one switched to,
-        packets from before the switch point (they belong to frames before the key
-        frame the subscriber starts from), dropped packets, and packets more than
-        :data:`REORDER_WINDOW` behind.
+        None for: no stream switched to yet, packets from before the switch point (they
+        belong to frames before the key frame the subscriber starts from), dropped
+        packets, and packets more than :data:`REORDER_WINDOW` behind.
         """
         extender = self._seq_ext
-        if extender is None or (ssrc is not None and self._ssrc not in (None, ssrc)):
+        if extender is None:
             return None
         ext_seq = extender.update(seq)
         if ext_seq < self._floor or self._highest_in - ext_seq > REORDER_WINDOW:
@@ -181,16 +168,15 @@ class RtpMunger:
         self._seq_offset += count
         return first & _SEQ_MASK, self._last_out_ts
 
-    def drop(self, seq: int, ssrc: int | None = None) -> None:
+    def drop(self, seq: int) -> None:
         """A source packet is intentionally not forwarded: shift later packets down.
 
         Only a packet newer than every packet seen can be dropped without a trace; an
         older one (reordered) is ignored, because packets after it have already gone
-        out with their numbers, and it stays a hole. A packet of another SSRC than the
-        one switched to (when both are given) is ignored.
+        out with their numbers, and it stays a hole.
         """
         extender = self._seq_ext
-        if extender is None or (ssrc is not None and self._ssrc not in (None, ssrc)):
+        if extender is None:
             return
         ext_seq = extender.update(seq)
         if ext_seq <= self._highest_in:

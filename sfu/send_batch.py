@@ -110,7 +110,10 @@ class SendBatch:
 
     ``fd`` is duplicated: the batch owns its copy and closes it in :meth:`close` (or
     when it is garbage-collected), so a flush after the ICE socket was closed elsewhere
-    fails cleanly instead of writing to whatever reused the number.
+    fails cleanly instead of writing to whatever reused the number. Without
+    ``duplicate`` the batch uses ``fd`` itself, which must outlive it: the worker's
+    single UDP port (:mod:`sfu.udp_mux`) closes only after every transport, and a copy
+    per transport would cost a file descriptor each.
     """
 
     def __init__(
@@ -119,9 +122,10 @@ class SendBatch:
         address: tuple[str, int],
         session: pylibsrtp.Session,
         scheduler: FlushScheduler,
+        duplicate: bool = True,
     ) -> None:
-        self._fd = os.dup(fd)
-        self._release = weakref.finalize(self, os.close, self._fd)
+        self._fd = os.dup(fd) if duplicate else fd
+        self._release = weakref.finalize(self, os.close, self._fd) if duplicate else None
         """Closes the duplicate once: at :meth:`close`, or when the batch is collected."""
         self._scheduler = scheduler
         self._session = session
@@ -268,7 +272,8 @@ class SendBatch:
         if not self._closed:
             self._closed = True
             self._count = 0
-            self._release()
+            if self._release is not None:
+                self._release()
 
 
 class FlushScheduler:

@@ -35,19 +35,6 @@ _TL0PICIDX_BITS = 8
 _TL0PICIDX_MASK = (1 << _TL0PICIDX_BITS) - 1
 
 
-def temporal_layer(payload: bytes) -> int | None:
-    """The VP8 temporal layer (TID) of a packet, None when absent or malformed.
-
-    A consumer drops packets whose TID is above its target temporal layer (and reports
-    them to :meth:`RtpMunger.drop <sfu.rtp_munger.RtpMunger.drop>` and
-    :meth:`Vp8Munger.drop`).
-    """
-    try:
-        return Vp8Descriptor.parse(payload).tid
-    except ValueError:
-        return None
-
-
 class Vp8Munger:
     """Rewrites the payload descriptor of the forwarded VP8 stream of one consumer.
 

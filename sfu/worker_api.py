@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from sfu.protocol import (
     CandidateMessage,
@@ -37,6 +37,32 @@ class Grant:
     name: str
     can_publish: bool = True
     can_subscribe: bool = True
+
+
+@dataclass(frozen=True)
+class HttpSessionOffer:
+    """A WHIP or WHEP client's offer: the body of ``POST /whip/{room}`` or
+    ``POST /whep/{room}``."""
+
+    kind: Literal["whip", "whep"]
+    """``whip``: the client publishes (RFC 9725); ``whep``: it only receives."""
+    sdp: str
+    publisher: str | None = None
+    """WHEP only: the identity whose tracks the viewer receives (None: the room's)."""
+
+
+@dataclass(frozen=True)
+class HttpSession:
+    """A WHIP or WHEP session the worker opened."""
+
+    session_id: str
+    """Names the session resource (its URL); unguessable, so knowing it is what allows
+    PATCH and DELETE."""
+    participant_id: str
+    sdp: str
+    """The answer."""
+    etag: str
+    """Names the session's ICE credentials (RFC 9725 section 4.3.1)."""
 
 
 class ProtocolError(Exception):
@@ -71,6 +97,25 @@ class MediaWorker(Protocol):
         ...
 
     async def leave(self, participant_id: str) -> None: ...
+
+    async def open_http_session(self, grant: Grant, offer: HttpSessionOffer) -> HttpSession:
+        """Join the grant's room as a participant without a socket (WHIP publisher or
+        WHEP viewer) and answer its offer. Its events go nowhere; it ends with
+        :meth:`close_http_session`, or when its transport fails or goes silent."""
+        ...
+
+    async def patch_http_session(
+        self, session_id: str, fragment: str, if_match: str | None
+    ) -> None:
+        """Trickled candidates (an ``application/trickle-ice-sdpfrag`` body, RFC 8840)
+        for the session. Raises ``unknown_session``, ``precondition_failed`` (If-Match
+        names other ICE credentials), ``unsupported`` (an ICE restart) or
+        ``bad_candidate``."""
+        ...
+
+    async def close_http_session(self, session_id: str) -> None:
+        """End the session: its participant leaves the room. Raises ``unknown_session``."""
+        ...
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
-"""The room administration API, ``/api/rooms`` and ``/api/workers``.
+"""The room administration API, ``/api/rooms`` (recordings included) and ``/api/workers``.
 
 Served by every signaling node; in a cluster the node asks the workers over the bus,
 so any node answers for every room. Protected by HTTP Basic authentication with the
-API key as user name and the API secret as password.
+API key as user name and the API secret as password; the published development secret
+opens it in dev mode only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 
 from sfu.cluster.admin import ClusterAdmin, RoomAdmin, RoomSummary
 from sfu.cluster.backend import WorkerInfo
-from sfu.protocol import ErrorCode, Participant
+from sfu.protocol import ErrorCode, Participant, RecordingInfo
 from sfu.worker_api import ProtocolError
 from signaling import SettingsDep
 
@@ -27,10 +28,15 @@ def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
 ) -> None:
-    """401 unless the request carries ``api_key:api_secret`` (HTTP Basic)."""
-    ok = credentials is not None and (
-        secrets.compare_digest(credentials.username.encode(), settings.api_key.encode())
-        & secrets.compare_digest(credentials.password.encode(), settings.api_secret.encode())
+    """401 unless the request carries ``api_key:api_secret`` (HTTP Basic), and the
+    secret is not the development one outside dev mode."""
+    ok = (
+        settings.has_secret
+        and credentials is not None
+        and (
+            secrets.compare_digest(credentials.username.encode(), settings.api_key.encode())
+            & secrets.compare_digest(credentials.password.encode(), settings.api_secret.encode())
+        )
     )
     if not ok:
         raise HTTPException(
@@ -57,16 +63,32 @@ class MuteRequest(BaseModel):
     muted: bool = True
 
 
+class StartRecordingRequest(BaseModel):
+    track_id: str | None = None
+    """The track to record; none: every track of the room, those published later too."""
+
+
 class DrainRequest(BaseModel):
     timeout: float | None = None
     """Seconds before remaining participants are moved; default: the worker's setting."""
 
 
+_STATUS = {
+    ErrorCode.NOT_JOINED: status.HTTP_404_NOT_FOUND,
+    ErrorCode.UNKNOWN_TRACK: status.HTTP_404_NOT_FOUND,
+    ErrorCode.UNKNOWN_RECORDING: status.HTTP_404_NOT_FOUND,
+    ErrorCode.WORKER_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
+    ErrorCode.ALREADY_RECORDING: status.HTTP_409_CONFLICT,
+    ErrorCode.RECORDING_LIMIT: status.HTTP_429_TOO_MANY_REQUESTS,
+    ErrorCode.STORAGE_UNAVAILABLE: status.HTTP_507_INSUFFICIENT_STORAGE,
+}
+"""HTTP status of the errors that have one of their own (the rest are 400)."""
+
+
 def _http_error(exc: ProtocolError) -> HTTPException:
-    if exc.code in (ErrorCode.NOT_JOINED, ErrorCode.UNKNOWN_TRACK):
-        return HTTPException(status.HTTP_404_NOT_FOUND, exc.message)
-    if exc.code is ErrorCode.WORKER_UNAVAILABLE:
-        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, exc.message)
+    code = _STATUS.get(exc.code)
+    if code is not None:
+        return HTTPException(code, exc.message)
     return HTTPException(status.HTTP_400_BAD_REQUEST, f"{exc.code}: {exc.message}")
 
 
@@ -98,6 +120,41 @@ async def remove_participant(admin: AdminDep, room: str, participant_id: str) ->
 async def mute_track(admin: AdminDep, room: str, participant_id: str, body: MuteRequest) -> None:
     try:
         await admin.mute_track(room, participant_id, body.track_id, body.muted)
+    except ProtocolError as exc:
+        raise _http_error(exc) from exc
+
+
+@router.post("/rooms/{room}/recordings", status_code=201)
+async def start_recording(admin: AdminDep, room: str, body: StartRecordingRequest) -> RecordingInfo:
+    try:
+        return await admin.start_recording(room, body.track_id)
+    except ProtocolError as exc:
+        raise _http_error(exc) from exc
+
+
+@router.get("/rooms/{room}/recordings")
+async def list_recordings(admin: AdminDep, room: str) -> list[RecordingInfo]:
+    try:
+        return await admin.list_recordings(room)
+    except ProtocolError as exc:
+        raise _http_error(exc) from exc
+
+
+@router.delete("/rooms/{room}/recordings/{recording_id}")
+async def stop_recording(admin: AdminDep, room: str, recording_id: str) -> RecordingInfo:
+    """Stop one recording; it comes back with its finished files."""
+    try:
+        stopped = await admin.stop_recording(room, recording_id)
+    except ProtocolError as exc:
+        raise _http_error(exc) from exc
+    return stopped[0]
+
+
+@router.delete("/rooms/{room}/recordings")
+async def stop_recordings(admin: AdminDep, room: str) -> list[RecordingInfo]:
+    """Stop every recording of the room."""
+    try:
+        return await admin.stop_recording(room, None)
     except ProtocolError as exc:
         raise _http_error(exc) from exc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -12,12 +12,12 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response,
 from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel
 
-from sfu.cluster.admin import LocalAdmin, RoomAdmin
+from sfu.access_token import MAX_ID_LENGTH, check_id, mint_token
+from sfu.cluster.admin import RoomAdmin
 from sfu.config import Settings, get_settings
-from sfu.metrics import WorkerMetrics, render
+from sfu.metrics.exposition import render
 from sfu.worker_api import MediaWorker
-from signaling import SettingsDep, admin, ws
-from signaling.auth import MAX_ID_LENGTH, check_id, mint_token
+from signaling import SettingsDep, admin, whip, ws
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -81,25 +81,32 @@ async def dev_token(
     return DevToken(token=token, url=request.app.url_path_for("signaling_socket"))
 
 
-def create_app(
-    settings: Settings | None = None,
-    worker: MediaWorker | None = None,
-    room_admin: RoomAdmin | None = None,
-) -> FastAPI:
-    """Build the application.
+MediaLifespan = Callable[[], AbstractAsyncContextManager[None]]
+"""Starts the media side when the app starts and stops it when the app stops (the
+embedded server's in-process worker: :mod:`sfu.app.embedded`)."""
 
-    ``settings`` overrides :func:`get_settings` for every route. Without ``worker``
-    the lifespan handler creates, starts and stops a :class:`sfu.worker.Worker`; a
-    given worker is used as it is and its life is the caller's business; so is
-    ``room_admin``, which serves ``/api/rooms`` (the embedded worker's own otherwise).
+
+def create_app(
+    worker: MediaWorker,
+    settings: Settings | None = None,
+    room_admin: RoomAdmin | None = None,
+    media_lifespan: MediaLifespan | None = None,
+) -> FastAPI:
+    """Build the application around ``worker``, which it never builds itself.
+
+    ``settings`` overrides :func:`get_settings` for every route; ``room_admin`` serves
+    ``/api/rooms`` (the room API answers 503 without one); ``media_lifespan`` runs
+    around the app's life (without it, the worker's life is the caller's business).
     """
     resolved = settings if settings is not None else get_settings()
-    app = FastAPI(title="pysfu signaling", lifespan=_lifespan(resolved, worker, room_admin))
+    app = FastAPI(title="pysfu signaling", lifespan=_lifespan(worker, room_admin, media_lifespan))
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
+    app.state.sessions = ws.Sessions(resolved)
     app.include_router(router)
     app.include_router(ws.router)
     app.include_router(admin.router)
+    app.include_router(whip.router)
     # Mounted last: it answers every path the routers do not. Without the directory
     # (a checkout before the client is written) there is nothing to serve.
     if STATIC_DIR.is_dir():
@@ -108,23 +115,11 @@ def create_app(
 
 
 def _lifespan(
-    settings: Settings, worker: MediaWorker | None, room_admin: RoomAdmin | None
+    worker: MediaWorker, room_admin: RoomAdmin | None, media_lifespan: MediaLifespan | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[LifespanState]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState]:
-        if worker is not None:
+        async with media_lifespan() if media_lifespan is not None else nullcontext():
             yield {"worker": worker, "admin": room_admin}
-            return
-        from sfu.worker import Worker  # imported here: written separately from this module
-
-        owned = Worker(settings)
-        await owned.start()
-        worker_metrics = WorkerMetrics(owned)
-        worker_metrics.start()
-        try:
-            yield {"worker": owned, "admin": LocalAdmin(owned)}
-        finally:
-            await worker_metrics.stop()
-            await owned.stop()
 
     return lifespan

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,31 @@ def decoding_video(stats: Stats) -> dict[str, int]:
     }
 
 
+def decode_fps(pages: Sequence[Any], seconds: float = 2.0) -> list[dict[str, float]]:
+    """Per page, participant id → video frames decoded per second over ``seconds``
+    (every page sampled at the same moments; any page with ``evaluate``: Playwright's,
+    or tests/firefox.py's)."""
+
+    def sample() -> list[tuple[float, dict[str, int]]]:
+        samples = []
+        for page in pages:
+            frames = decoding_video(page_stats(page))
+            samples.append((time.monotonic(), frames))
+        return samples
+
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return [
+        {
+            pid: round((frames - first[pid]) / (end - start), 1)
+            for pid, frames in later.items()
+            if pid in first
+        }
+        for (start, first), (end, later) in zip(before, after, strict=True)
+    ]
+
+
 def receiving_audio(stats: Stats) -> set[str]:
     """Participant ids whose inbound audio has packets."""
     return {
@@ -151,3 +177,84 @@ def receiving_audio(stats: Stats) -> set[str]:
         for s in stats.get("inbound", [])
         if s["kind"] == "audio" and s["participantId"] and s["packetsReceived"] > 0
     }
+
+
+@dataclass
+class DecodeWatch:
+    """What a subscriber decoded of one remote video over a watched interval."""
+
+    seconds: float
+    frames: int
+    """Frames decoded during the interval."""
+    longest_gap: float
+    """The longest time between two samples that saw framesDecoded grow, in seconds
+    (at least the sampling interval)."""
+    widths: list[int]
+    """frameWidth at every sample, in order."""
+    first: dict[str, Any]
+    last: dict[str, Any]
+    """The inbound-rtp summaries at the start and the end."""
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def delta(self, counter: str) -> int:
+        """How much an inbound-rtp counter grew during the interval."""
+        return self.last.get(counter, 0) - self.first.get(counter, 0)
+
+
+def inbound_video_of(stats: Stats, participant_id: str) -> dict[str, Any] | None:
+    """The inbound-rtp video summary of the video from ``participant_id``."""
+    for s in stats.get("inbound", []):
+        if s["kind"] == "video" and s["participantId"] == participant_id:
+            return s
+    return None
+
+
+def watch_decoding(
+    page: Any, participant_id: str, seconds: float, interval: float = 0.15
+) -> DecodeWatch:
+    """Sample the video from ``participant_id`` every ``interval`` seconds for
+    ``seconds``: frames decoded, the longest stretch without a new frame, widths."""
+    first = inbound_video_of(page_stats(page), participant_id) or {}
+    start = last_growth = time.monotonic()
+    frames = first.get("framesDecoded", 0)
+    longest = 0.0
+    widths: list[int] = []
+    last = first
+    while time.monotonic() - start < seconds:
+        page.wait_for_timeout(interval * 1000)
+        last = inbound_video_of(page_stats(page), participant_id) or {}
+        now = time.monotonic()
+        longest = max(longest, now - last_growth)
+        if last.get("framesDecoded", 0) > frames:
+            frames = last["framesDecoded"]
+            last_growth = now
+        widths.append(last.get("frameWidth", 0))
+    return DecodeWatch(
+        seconds=time.monotonic() - start,
+        frames=frames - first.get("framesDecoded", 0),
+        longest_gap=longest,
+        widths=widths,
+        first=first,
+        last=last,
+    )
+
+
+def wait_until(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 20.0,
+    detail: Callable[[], Any] = lambda: None,
+    interval: float = 0.25,
+) -> Any:
+    """Call ``check`` until it returns something truthy; fail with ``detail()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {detail()}")
+        time.sleep(interval)

@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +94,16 @@ class Process:
 
 class RedisServer(Process):
     """redis-server on a free port of its own (never the system's 6379), keeping
-    nothing on disk; :meth:`start` returns once it answers PING."""
+    nothing on disk; :meth:`start` returns once it answers PING. ``args`` add to its
+    command line (``--replicaof …``)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, name: str = "redis", args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
-        super().__init__("redis", [*cmd, "--save", "", "--appendonly", "no"], log_dir, {})
+        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(log_dir)]
+        # --dir: a replica's full sync writes dump.rdb there, not into the checkout
+        # (where the next redis-server would load it).
+        super().__init__(name, [*cmd, "--save", "", "--appendonly", "no", *args], log_dir, {})
 
     def start(self) -> None:
         super().start()
@@ -129,7 +132,8 @@ def _http(url: str, method: str = "GET", body: Any = None, auth: bool = True) ->
 
 
 def api(base_url: str, path: str, method: str = "GET", body: Any = None, auth: bool = True) -> Any:
-    """Call the room administration API of a server (HTTP Basic with the dev key)."""
+    """Call the room administration API of a server (HTTP Basic with the dev key: the
+    nodes run with ``--dev``)."""
     return _http(f"{base_url}{path}", method, body, auth)
 
 
@@ -142,18 +146,31 @@ def healthy(url: str) -> bool:
 
 
 class Cluster:
-    """redis + ``workers`` media workers + ``nodes`` signaling nodes + haproxy."""
+    """redis + ``workers`` media workers + ``nodes`` signaling nodes + haproxy.
 
-    def __init__(self, workers: int = 3, nodes: int = 2) -> None:
+    ``env`` adds to every process's environment; with ``redis_url`` the processes use
+    that store (a Sentinel URL, say) instead of a redis-server of the cluster's own.
+    """
+
+    def __init__(
+        self,
+        workers: int = 3,
+        nodes: int = 2,
+        env: dict[str, str] | None = None,
+        redis_url: str | None = None,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="sfu-cluster-")
         self.log_dir = Path(self._tmp.name)
-        self.redis = RedisServer(self.log_dir)
-        self.redis_url = self.redis.url
+        self.redis = RedisServer(self.log_dir) if redis_url is None else None
+        self.redis_url = redis_url or self._redis().url
+        self.recording_dir = self.log_dir / "recordings"
         self.env = {
             "SFU_REDIS_URL": self.redis_url,
+            "SFU_RECORDING_DIR": str(self.recording_dir),
             "SFU_LOG_LEVEL": "info",
             "SFU_ICE_ADDRESSES": '["127.0.0.1"]',
             "SFU_HOST": "127.0.0.1",
+            **(env or {}),
         }
         self.metrics_ports = {f"w{i}": free_port() for i in range(workers)}
         self.workers = {
@@ -164,7 +181,9 @@ class Cluster:
         }
         self.node_ports = [free_port() for _ in range(nodes)]
         self.nodes = [
-            self._process(f"node{i}", ["signaling", "--port", str(port), "--node-id", f"node{i}"])
+            self._process(
+                f"node{i}", ["signaling", "--dev", "--port", str(port), "--node-id", f"node{i}"]
+            )
             for i, port in enumerate(self.node_ports)
         ]
         self.lb_port = free_port()
@@ -198,11 +217,15 @@ class Cluster:
             name, [sys.executable, "-m", "sfu", *args], self.log_dir, {**self.env, **(env or {})}
         )
 
+    def _redis(self) -> RedisServer:
+        assert self.redis is not None, "this cluster uses an external Redis"
+        return self.redis
+
     def stop_redis(self) -> None:
-        self.redis.kill()
+        self._redis().kill()
 
     def start_redis(self) -> None:
-        self.redis.start()
+        self._redis().start()
 
     def live_workers(self, base_url: str | None = None) -> list[dict[str, Any]]:
         try:
@@ -224,12 +247,16 @@ class Cluster:
 
     def logs(self) -> str:
         parts = []
-        for process in [self.redis, *self.workers.values(), *self.nodes, self.haproxy]:
+        for process in [*self._own_redis(), *self.workers.values(), *self.nodes, self.haproxy]:
             parts.append(f"--- {process.name} ---\n{process.log()}")
         return "\n".join(parts)
 
     def close(self) -> None:
         for process in [self.haproxy, *self.nodes, *self.workers.values()]:
             process.stop()
-        self.redis.stop(signal.SIGTERM)
+        for redis in self._own_redis():
+            redis.stop(signal.SIGTERM)
         self._tmp.cleanup()
+
+    def _own_redis(self) -> list[RedisServer]:
+        return [self.redis] if self.redis is not None else []

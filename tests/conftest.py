@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -30,20 +31,9 @@ def sfu_server() -> Iterator[str]:
     The value is a ``str`` (``http://127.0.0.1:<port>``) with a ``log()`` method giving the
     server's output; a failing test that used it gets that output in its report.
     """
-    from server import ServerStartError, run_sfu_server
+    from server import serve_module
 
-    server = run_sfu_server()
-    try:
-        url = server.__enter__()
-    except ServerStartError as exc:
-        failure = str(exc)
-    else:
-        try:
-            yield url
-        finally:
-            server.__exit__(None, None, None)
-        return
-    pytest.fail(f"could not start the sfu server: {failure}", pytrace=False)
+    yield from serve_module()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -53,3 +43,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     server = getattr(item, "funcargs", {}).get("sfu_server")
     if report.failed and server is not None and hasattr(server, "log"):
         report.sections.append(("sfu server output", server.log() or "(empty)"))
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """For tests that time the server from this process (a bystander's pings): after a
+    thousand tests this process's heap is large, and a full collection of it (100 ms and
+    more) would be blamed on the server. Frozen, a collection walks only what the test
+    allocates."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()

@@ -1,6 +1,6 @@
 """Network namespaces for tests: a veth pair from the root namespace into a namespace
-whose link the test can shape with ``tc`` (token bucket), and a wrapper script that
-runs a program (Chromium) inside it.
+whose link the test can shape with ``tc`` (token bucket) or make lossy with nftables,
+and a wrapper script that runs a program (Chromium) inside it.
 
 Everything needs root (CAP_NET_ADMIN) and iproute2; :func:`netns_unavailable_reason`
 says why not when a test has to skip. Addresses come from 198.18.0.0/15 (RFC 2544,
@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import os
 import random
+import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCHMARK_NET = ipaddress.ip_network("198.18.0.0/15")
+LOSS_TABLE = "sfu_loss"
+"""The nftables table (inside a namespace) of :meth:`VethNamespace.drop_downlink`."""
+NO_UDP_TABLE = "sfu_no_udp"
+"""The nftables table (inside a namespace) of :meth:`VethNamespace.block_udp`."""
 
 
 class NetnsError(RuntimeError):
@@ -35,6 +40,13 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
+
+
+def nftables_unavailable_reason() -> str | None:
+    """None when ``nft`` is installed (random loss rules), else why not."""
+    if shutil.which("nft") is None:
+        return "lossy-link tests need 'nft' (Debian package nftables)"
+    return None
 
 
 def netns_unavailable_reason() -> str | None:
@@ -104,6 +116,50 @@ class VethNamespace:
 
     def unlimit_downlink(self) -> None:
         _run("tc", "qdisc", "del", "dev", self.host_veth, "root", check=False)
+
+    def drop_downlink(self, percent: int) -> None:
+        """Drop ``percent`` % of the UDP packets the namespace receives from the root
+        side, at random (an nftables input chain inside the namespace: this kernel has
+        no ``netem``). Replaces an earlier loss rule."""
+        self.undrop_downlink()
+        self.run("nft", "add", "table", "inet", LOSS_TABLE)
+        self.run(
+            "nft", "add", "chain", "inet", LOSS_TABLE, "input",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        )  # fmt: skip
+        self.run(
+            "nft", "add", "rule", "inet", LOSS_TABLE, "input",
+            "ip", "saddr", self.host_address, "meta", "l4proto", "udp",
+            "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop",
+        )  # fmt: skip
+
+    def undrop_downlink(self) -> None:
+        self.run("nft", "delete", "table", "inet", LOSS_TABLE, check=False)
+
+    def block_udp(self) -> None:
+        """Drop every UDP packet into and out of the namespace (a network that allows
+        only TCP); DNS is not needed, the tests use addresses."""
+        self.run("nft", "add", "table", "inet", NO_UDP_TABLE)
+        for hook in ("input", "output"):
+            self.run(
+                "nft", "add", "chain", "inet", NO_UDP_TABLE, hook,
+                f"{{ type filter hook {hook} priority 0 ; policy accept ; }}",
+            )  # fmt: skip
+            self.run(
+                "nft", "add", "rule", "inet", NO_UDP_TABLE, hook,
+                "meta", "l4proto", "udp", "counter", "drop",
+            )  # fmt: skip
+
+    def blocked_udp_packets(self) -> int:
+        """UDP packets :meth:`block_udp` dropped so far, both directions."""
+        listing = self.run("nft", "list", "table", "inet", NO_UDP_TABLE, check=False).stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+    def dropped_packets(self) -> int:
+        """Packets the :meth:`drop_downlink` rule has dropped so far (0 without one)."""
+        listing = self.run("nft", "list", "table", "inet", LOSS_TABLE, check=False).stdout
+        match = re.search(r"counter packets (\d+)", listing)
+        return int(match.group(1)) if match else 0
 
     def qdisc(self) -> str:
         return _run("tc", "-s", "qdisc", "show", "dev", self.host_veth).stdout.strip()

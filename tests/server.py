@@ -13,6 +13,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 30.0
@@ -58,12 +61,15 @@ def run_sfu_server(
     *,
     host: str = "127.0.0.1",
     ice_addresses: list[str] | None = None,
+    dev: bool = True,
 ) -> Iterator[ServerUrl]:
     """Start ``sfu serve`` on a free port, wait for /healthz, stop it on exit.
 
     ``host`` is the HTTP bind address (``0.0.0.0`` for every interface; the URL
     yielded then names 127.0.0.1); ``ice_addresses`` the media addresses (default: the
-    loopback address).
+    loopback address). ``dev`` starts it in development mode (``--dev``: the published
+    key and secret, dev tokens), which the tests' clients use; without it the caller
+    passes a secret.
     """
     local = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1") else host
     port = free_port(local)
@@ -78,6 +84,7 @@ def run_sfu_server(
         "--port",
         str(port),
         *ice_args,
+        *(["--dev"] if dev else []),
         *(extra_args or []),
     ]
     with tempfile.TemporaryDirectory(prefix="sfu-server-") as tmp:
@@ -114,3 +121,46 @@ def run_sfu_server(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=5)
+
+
+def serve_module(**options: Any) -> Iterator[ServerUrl]:
+    """The body of a module-scoped server fixture (``yield from serve_module(...)``):
+    :func:`run_sfu_server` with ``options``; a server that does not start fails the
+    test with its output instead of erroring in setup. Name the fixture ``sfu_server``
+    so that a failing test gets the server's log in its report (conftest.py)."""
+    server = run_sfu_server(**options)
+    try:
+        url = server.__enter__()
+    except ServerStartError as exc:
+        failure = str(exc)
+    else:
+        try:
+            yield url
+        finally:
+            server.__exit__(None, None, None)
+        return
+    pytest.fail(f"could not start the sfu server: {failure}", pytrace=False)
+
+
+def udp_sockets(pid: int) -> list[tuple[str, int]]:
+    """The (address, port) of every UDP socket process ``pid`` holds: the inodes of its
+    ``/proc/<pid>/fd`` sockets that ``/proc/<pid>/net/udp`` and ``udp6`` list."""
+    bound: dict[str, tuple[str, int]] = {}
+    for table, family in (("udp", socket.AF_INET), ("udp6", socket.AF_INET6)):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            bound[fields[9]] = (socket.inet_ntop(family, packed), int(port, 16))
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:[") and target[8:-1] in bound:
+            found.append(bound[target[8:-1]])
+    return sorted(found)

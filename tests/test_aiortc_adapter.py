@@ -1,28 +1,27 @@
 """The aiortc seams the SFU relies on, and a real ICE/DTLS/SRTP pair over loopback."""
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from sfu.aiortc_adapter import (
-    PRIVATE_SEAMS,
     DtlsSrtpSession,
     RemoteParameters,
+    SharedPorts,
     use_host_addresses,
 )
 from sfu.rtp.packet import build_rtp_packet
 from sfu.rtp.rtcp import PictureLossIndication
 from sfu.send_batch import flush_scheduler
-
-
-@pytest.mark.parametrize(("cls", "attribute"), PRIVATE_SEAMS)
-def test_private_seam_exists(cls, attribute):
-    assert hasattr(cls, attribute), f"aiortc/aioice no longer has {cls.__name__}.{attribute}"
+from sfu.udp_mux import UdpMux
 
 
 class Endpoint:
-    def __init__(self, controlling: bool, certificate: RTCCertificate) -> None:
+    def __init__(
+        self, controlling: bool, certificate: RTCCertificate, ports: SharedPorts | None = None
+    ) -> None:
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.errors: list[Exception] = []
@@ -32,6 +31,7 @@ class Endpoint:
             on_rtp=self.on_rtp,
             on_rtcp=self.rtcp.append,
             on_error=self.errors.append,
+            ports=ports,
         )
 
     def on_rtp(self, data: bytes) -> None:
@@ -48,11 +48,18 @@ class Endpoint:
         )
 
 
-async def connected_pair() -> tuple[Endpoint, Endpoint]:
-    use_host_addresses(["127.0.0.1"])
+async def connected_pair(
+    ports: SharedPorts | None = None,
+    client_ports: SharedPorts | None = None,
+    client_addresses: tuple[str, ...] = ("127.0.0.1",),
+) -> tuple[Endpoint, Endpoint]:
+    """A server endpoint (on ``ports``, the worker's shared ports, when given) and a
+    client endpoint (with a socket of its own unless ``client_ports``, on
+    ``client_addresses``), connected."""
+    use_host_addresses(list(client_addresses))
     certificate = RTCCertificate.generateCertificate()
-    server = Endpoint(False, certificate)
-    client = Endpoint(True, RTCCertificate.generateCertificate())
+    server = Endpoint(False, certificate, ports)
+    client = Endpoint(True, RTCCertificate.generateCertificate(), client_ports)
     await asyncio.gather(server.session.gather(), client.session.gather())
     for candidate in client.session.local_candidates():
         await server.session.add_remote_candidate(candidate)
@@ -71,6 +78,19 @@ async def connected_pair() -> tuple[Endpoint, Endpoint]:
     return server, client
 
 
+@pytest.fixture(params=["socket per transport", "single UDP port"])
+async def server_ports(request: pytest.FixtureRequest) -> AsyncIterator[SharedPorts | None]:
+    """The server end's sockets: its own (the old mode) or the worker's shared port."""
+    if request.param == "socket per transport":
+        yield None
+        return
+    mux = UdpMux(["127.0.0.1"])
+    await mux.start()
+    ports = SharedPorts(mux, None)
+    yield ports
+    ports.close()
+
+
 def rtp(payload_type: int, seq: int, ssrc: int, payload: bytes) -> bytes:
     return build_rtp_packet(
         payload_type=payload_type, sequence_number=seq, timestamp=0, ssrc=ssrc, payload=payload
@@ -84,8 +104,8 @@ async def wait_for(predicate, timeout=2.0):
         await asyncio.sleep(0.01)
 
 
-async def test_rtp_and_rtcp_flow_both_ways():
-    server, client = await connected_pair()
+async def test_rtp_and_rtcp_flow_both_ways(server_ports):
+    server, client = await connected_pair(server_ports)
     try:
         for seq in range(5):
             client.session.send_rtp(rtp(96, seq, 0x1234, b"\x10payload"))
@@ -98,8 +118,8 @@ async def test_rtp_and_rtcp_flow_both_ways():
         await asyncio.gather(server.session.close(), client.session.close())
 
 
-async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport():
-    server, client = await connected_pair()
+async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport(server_ports):
+    server, client = await connected_pair(server_ports)
     try:
         # Garbage that looks like SRTP fails authentication and is counted.
         pair = client.session._connection._nominated[1]
@@ -116,9 +136,9 @@ async def test_corrupt_srtp_and_handler_errors_do_not_kill_the_transport():
         await asyncio.gather(server.session.close(), client.session.close())
 
 
-async def test_received_media_runs_the_after_flush_callbacks():
+async def test_received_media_runs_the_after_flush_callbacks(server_ports):
     """Periodic work rides on receiving too (the worker's tick, see sfu.worker)."""
-    server, client = await connected_pair()
+    server, client = await connected_pair(server_ports)
     runs = []
 
     def after_flush() -> None:

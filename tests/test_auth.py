@@ -7,9 +7,9 @@ import time
 import jwt
 import pytest
 
+from sfu.access_token import NBF_LEEWAY_SECONDS, mint_token, verify_token
 from sfu.protocol import ErrorCode
 from sfu.worker_api import Grant, ProtocolError
-from signaling.auth import NBF_LEEWAY_SECONDS, mint_token, verify_token
 
 KEY = "test-key"
 SECRET = "test-secret-0123456789-0123456789-0123456789"
@@ -159,6 +159,9 @@ def test_ill_typed_claim(claim, value, expected):
         ("sub", "a" * 129, "the limit is 128"),
         ("sub", "al\nice", "non-printable"),
         ("name", "n" * 129, "the limit is 128"),
+        ("name", "\ud800", "non-printable"),
+        ("name", "Al\x1bice", "non-printable"),
+        ("room", "lo\udfffbby", "non-printable"),
     ],
 )
 def test_bad_claim_value(claim, value, expected):
@@ -176,9 +179,25 @@ def test_longest_ids_accepted():
         ({"room": ""}, "room must not be empty"),
         ({"identity": "x" * 129}, "identity is 129 characters"),
         ({"ttl_seconds": 0}, "ttl_seconds must be positive"),
+        ({"name": "\ud800"}, "name contains non-printable"),
+        ({"name": "a\nb"}, "name contains non-printable"),
     ],
 )
 def test_mint_refuses_bad_input(kwargs, expected):
     arguments = {"room": "lobby", "identity": "alice", **kwargs}
     with pytest.raises(ValueError, match=expected):
         mint_token(KEY, SECRET, **arguments)
+
+
+@pytest.mark.parametrize("token", ["\ud800", "é.é.é", "a.b.\u2028"])
+def test_non_ascii_token_is_malformed(token):
+    assert "malformed token" in rejected(token)
+
+
+def test_lifetime_is_bounded():
+    now = time.time()
+    day = verify_token(sign(claims(exp=now + 86400)), KEY, SECRET, now=now, max_lifetime=86400)
+    assert day.identity == "alice"
+    for exp in (now + 86401, 1e300):
+        message = rejected(sign(claims(exp=exp)), now=now, max_lifetime=86400)
+        assert "accepts at most 86400 s" in message

@@ -22,6 +22,7 @@ from browser import (
     receiving_audio,
     remote_tile_names,
     wait_for_stats,
+    wait_until,
 )
 
 from sfu.client import SyntheticVideoTrack, ToneAudioTrack, connect, dev_token, use_loopback_ice
@@ -80,16 +81,6 @@ def open_tab(browser_context: Any, sfu_server: str) -> Iterator[Callable[[str, s
     yield open_
     for tab in tabs:
         tab.page.close(run_before_unload=True)
-
-
-def wait_until(
-    check: Callable[[], bool], what: str, timeout: float = 20.0, detail: Callable[[], Any] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {detail()}")
-        time.sleep(0.25)
 
 
 def wait_for_media_from(tab: Tab, others: list[Tab]) -> None:

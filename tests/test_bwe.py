@@ -8,7 +8,7 @@ from sfu.bwe import SendSideBandwidthEstimator, TransportCcFeedbackGenerator
 from sfu.bwe.feedback_generator import MAX_TRACKED_PACKETS
 from sfu.bwe.send_side import PROBE_BACKOFF_INITIAL, REMB_TIMEOUT
 from sfu.rtp.rtcp import TransportFeedback, parse_rtcp
-from sfu.rtp.transport_feedback import PacketResult, TransportCcFeedback
+from sfu.rtp.transport_feedback import PacketResult, TransportCcFeedback, parse_transport_cc
 
 # -- TransportCcFeedbackGenerator -------------------------------------------------------
 
@@ -238,7 +238,7 @@ class Simulation:
             while self.feedback and self.feedback[0][0] <= now:
                 for packet in parse_rtcp(self.feedback.popleft()[1]):
                     assert isinstance(packet, TransportFeedback)
-                    self.estimator.on_feedback(TransportCcFeedback.parse(packet.fci), now)
+                    self.estimator.on_feedback(parse_transport_cc(packet.fci), now)
             if self.ms % 100 == 0:
                 self.samples.append((now, self.estimator.estimate))
             self.ms += 1
@@ -320,7 +320,7 @@ def test_remb_caps_the_estimate():
 
 def feedback_for(results: list[tuple[int, float | None]], reference_time: int = 0):
     base = results[0][0]
-    return TransportCcFeedback(
+    feedback = TransportCcFeedback(
         base_sequence=base,
         reference_time=reference_time,
         feedback_count=0,
@@ -329,6 +329,7 @@ def feedback_for(results: list[tuple[int, float | None]], reference_time: int = 
             for seq, t in results
         ],
     )
+    return parse_transport_cc(bytes(feedback))
 
 
 def test_remb_is_the_estimate_before_any_transport_cc():

@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aioice.ice
 import pytest
 from cluster import Cluster, RedisServer, api, cluster_available, wait_for
+from server import ServerUrl, serve_module
 from websockets.asyncio.client import connect as ws_connect
 
+from sfu.access_token import mint_token
 from sfu.client import RoomClient, SfuError, SyntheticVideoTrack, ToneAudioTrack, connect
 from sfu.cluster.backend import WorkerInfo
 from sfu.cluster.memory import MemoryBackend, MemoryStore
 from sfu.cluster.redis_backend import RedisBackend
 from sfu.config import DEV_API_KEY, DEV_API_SECRET
 from sfu.protocol import ErrorCode
-from signaling.auth import mint_token
 
 pytestmark = pytest.mark.skipif(
     not cluster_available(), reason="needs redis-server and haproxy (Debian packages)"
@@ -76,20 +79,31 @@ def token(room: str, identity: str) -> str:
     return mint_token(DEV_API_KEY, DEV_API_SECRET, room=room, identity=identity)
 
 
+@pytest.fixture(scope="module")
+def embedded_recording_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("recordings")
+
+
+@pytest.fixture(scope="module")
+def sfu_server(embedded_recording_dir: Path) -> Iterator[ServerUrl]:
+    yield from serve_module(extra_args=["--recording-dir", str(embedded_recording_dir)])
+
+
 @dataclass
 class Deployment:
     url: str
     """Where clients connect (haproxy in cluster mode)."""
     api_url: str
+    recording_dir: Path
 
 
 @pytest.fixture(params=["embedded", "cluster"])
 def deployment(request: pytest.FixtureRequest) -> Deployment:
     if request.param == "embedded":
         url = request.getfixturevalue("sfu_server")
-        return Deployment(url, url)
+        return Deployment(url, url, request.getfixturevalue("embedded_recording_dir"))
     running: Cluster = request.getfixturevalue("cluster")
-    return Deployment(running.lb_url, running.node_urls[1])
+    return Deployment(running.lb_url, running.node_urls[1], running.recording_dir)
 
 
 @pytest.fixture
@@ -251,6 +265,32 @@ async def test_room_exchanges_media_and_is_administered(deployment, clients):
         while not c.closed:
             await asyncio.sleep(0.05)
     assert c.reconnects == 0, "a removed participant must not come back"
+
+
+async def test_recording_on_the_worker_hosting_the_room(deployment, clients):
+    """Start a track recording through one node and stop it through another (the
+    load balancer): the worker hosting the room writes the file, the room hears
+    recording_finished."""
+    room = unique("rec")
+    a, b = [await join_av(deployment.url, room, who, clients) for who in ("a", "b")]
+    video_id = next(tid for tid, t in a.published_tracks.items() if t.kind == "video")
+    path = f"/api/rooms/{room}/recordings"
+    started = await asyncio.to_thread(api, deployment.api_url, path, "POST", {"track_id": video_id})
+    await asyncio.sleep(3)
+    stopped = await asyncio.to_thread(
+        api, deployment.url, f"{path}/{started['recording_id']}", "DELETE"
+    )
+    (finished,) = stopped["finished"]
+    event = await b.next_event("recording_finished")
+    assert event.file == finished["file"] and event.track_id == video_id  # type: ignore[union-attr]
+    file = deployment.recording_dir / finished["file"]
+    assert file.stat().st_size == finished["bytes"] > 0 and finished["duration"] > 2
+    decoded = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(file), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
+    assert decoded.returncode == 0 and decoded.stderr == ""
 
 
 def test_every_worker_process_serves_metrics(cluster):

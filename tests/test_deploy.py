@@ -1,7 +1,7 @@
 """The deployment files are valid: the compose file through ``docker-compose config``
 (client-side, no engine needed), the Kubernetes manifests against the Kubernetes API
 schemas (kubernetes-validate, offline), Prometheus's config through promtool, and
-every file they mount exists."""
+every file they mount exists; and what they configure is no development server."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from sfu.config import Settings, exposure_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -64,9 +66,11 @@ def test_compose_file_is_valid_and_complete():
     for name in ("worker1", "worker2"):
         env = services[name]["environment"]
         assert env["SFU_ANNOUNCED_IP"] == ENV["PUBLIC_IP"]
-        low, high = int(env["SFU_UDP_PORT_MIN"]), int(env["SFU_UDP_PORT_MAX"])
-        published = {int(p["published"]) for p in services[name]["ports"]}
-        assert set(range(low, high + 1)) <= published, name
+        published = {(int(p["published"]), p["protocol"]) for p in services[name]["ports"]}
+        assert published == {
+            (int(env["SFU_UDP_PORT"]), "udp"),
+            (int(env["SFU_TCP_PORT"]), "tcp"),
+        }, name
     turn_urls = json.loads(services["signaling1"]["environment"]["SFU_TURN_URLS"])
     assert turn_urls[0] == "turn:203.0.113.10:3478?transport=udp"
     # Every file mounted into a container is in the repository.
@@ -111,11 +115,18 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
         kubernetes_validate.validate(broken, version, strict=True)
 
 
-def test_workers_are_scraped_and_use_the_host_network():
+def test_workers_are_scraped_and_map_their_two_media_ports():
     documents = {(d["kind"], d["metadata"]["name"]): d for _, d in _documents()}
     worker = documents[("DaemonSet", "worker")]["spec"]["template"]
-    assert worker["spec"]["hostNetwork"] is True
+    assert "hostNetwork" not in worker["spec"]
     config = documents[("ConfigMap", "pysfu-config")]["data"]
+    (container,) = worker["spec"]["containers"]
+    host_ports = {(p["hostPort"], p["protocol"]) for p in container["ports"] if "hostPort" in p}
+    assert host_ports == {
+        (int(config["SFU_UDP_PORT"]), "UDP"),
+        (int(config["SFU_TCP_PORT"]), "TCP"),
+    }
+    assert all(p["containerPort"] == p["hostPort"] for p in container["ports"] if "hostPort" in p)
     assert worker["metadata"]["annotations"]["prometheus.io/port"] == config["SFU_METRICS_PORT"]
     signaling = documents[("Deployment", "signaling")]["spec"]["template"]
     assert signaling["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
@@ -141,3 +152,49 @@ def test_grafana_provisioning_matches_the_dashboards():
             assert panel["datasource"]["uid"] == datasource["uid"]
     providers = yaml.safe_load((provisioning / "dashboards" / "pysfu.yaml").read_text())
     assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process started with ``env`` (and nothing else) reads."""
+    for name in list(os.environ):
+        if name.startswith("SFU_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    return Settings()
+
+
+def test_compose_signaling_nodes_are_not_development_servers(monkeypatch):
+    result = compose_config(ENV)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("signaling1", "signaling2"):
+        env = services[name]["environment"]
+        settings = settings_from(env, monkeypatch)
+        assert exposure_problem(settings) is None, name
+        assert not settings.dev and not settings.dev_tokens, name
+        # Only haproxy reaches a node: its X-Forwarded-For names the client counted.
+        assert settings.forwarded_allow_ips == "*", name
+    assert "option forwardfor" in (DEPLOY / "haproxy.cfg").read_text()
+
+
+def test_kubernetes_placeholder_secret_cannot_go_live(monkeypatch):
+    documents = {(d["kind"], d["metadata"]["name"]): d for _, d in _documents()}
+    env = {
+        **documents[("ConfigMap", "pysfu-config")]["data"],
+        **documents[("Secret", "pysfu-secrets")]["stringData"],
+    }
+    settings = settings_from(env, monkeypatch)
+    assert not settings.dev and not settings.dev_tokens
+    assert "at least 32" in (exposure_problem(settings) or "")
+    real = settings_from({**env, "SFU_API_SECRET": "a" * 32}, monkeypatch)
+    assert exposure_problem(real) is None
+
+
+def test_image_and_quickstart_modes():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    env = [line for line in dockerfile.splitlines() if line.startswith("ENV ")]
+    assert any("SFU_HOST=0.0.0.0" in line for line in env)  # reachable from outside
+    assert not any("SFU_API_SECRET" in line or "SFU_DEV" in line for line in env)
+    # The quickstart is a demo for a newcomer: a development server, said so.
+    assert "exec .venv/bin/sfu serve --dev" in (DEPLOY / "quickstart.sh").read_text()

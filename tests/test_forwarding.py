@@ -8,6 +8,7 @@ import pytest
 from sfu.consumer import RETRANSMISSION_CACHE_SIZE, Consumer
 from sfu.keyframe_request_manager import KeyFrameRequestManager
 from sfu.producer import Producer
+from sfu.router import ProducerRoute, Router
 from sfu.rtp.packet import RtpHeader, build_rtp_packet, payload_offset
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.rtp.rtcp import ntp_from_unix
@@ -45,12 +46,23 @@ def make_producer(kind="video", recorder=None) -> Producer:
     )
 
 
+def route_of(producer: Producer) -> ProducerRoute:
+    """The producer's route in a router of its own (made on first use)."""
+    listener = producer.listener
+    return listener if isinstance(listener, ProducerRoute) else Router().add_producer(producer)
+
+
 def make_consumer(producer: Producer, recorder: Recorder, payload_type=96) -> Consumer:
-    consumer_id = f"CO_{len(producer.consumers)}"
-    consumer = Consumer(consumer_id, producer, "PA_sub", recorder.send)
-    producer.add_consumer(consumer)
-    consumer.activate(payload_type)
+    route = route_of(producer)
+    consumer = Consumer(f"CO_{len(route.forwardings)}", producer, "PA_sub", recorder.send)
+    route.add(consumer)
+    route.activate(consumer, payload_type, None, None)
     return consumer
+
+
+def stream_of(consumer: Consumer):
+    """The stream the consumer forwards now, by its route."""
+    return route_of(consumer.producer).forwardings[consumer.id].stream
 
 
 def feed(producer: Producer, seq: int, ts: int, payload: bytes, marker=False, ssrc=0xAAAA):
@@ -108,7 +120,7 @@ async def test_restart_continues_where_the_subscriber_stopped():
     consumer = make_consumer(producer, sub)
     feed(producer, 100, 1000, VP8_KEY)
     feed(producer, 101, 4000, VP8_DELTA)
-    consumer.restart()
+    route_of(producer).restart(consumer)
     feed(producer, 500, 90000, VP8_DELTA)  # dropped: waiting for a key frame again
     feed(producer, 501, 93000, VP8_KEY)
     seqs = [h.sequence_number for h in sub.headers()]
@@ -135,7 +147,7 @@ def test_inactive_consumer_and_muted_producer_forward_nothing():
     consumer = make_consumer(producer, sub, payload_type=111)
     consumer.deactivate()
     feed(producer, 1, 960, b"a")
-    consumer.activate(111)
+    route_of(producer).activate(consumer, 111, None, None)
     producer.muted = True
     feed(producer, 2, 1920, b"a")
     assert sub.packets == []
@@ -165,7 +177,7 @@ def test_nack_is_served_from_the_retransmission_cache():
     recent = sent[-5].sequence_number
     evicted = sent[0].sequence_number
     original = sub.packets[-5]
-    assert consumer.retransmit([recent, evicted]) == 1
+    assert consumer.retransmit([recent, evicted], now=1.0) == 1
     assert sub.packets[-1] == original, "the same packet again (same SSRC and sequence)"
     assert consumer.retransmissions == 1 and consumer.nacks_received == 1
 
@@ -179,7 +191,7 @@ async def test_nack_is_answered_on_the_rtx_stream_when_negotiated():
     feed(producer, 2, 9000, VP8_CONTINUATION, marker=True)
     feed(producer, 3, 12000, VP8_DELTA, marker=True)
     first, second, _ = sub.headers()
-    assert consumer.retransmit([second.sequence_number, first.sequence_number]) == 2
+    assert consumer.retransmit([second.sequence_number, first.sequence_number], now=1.0) == 2
     rtx = [RtpHeader.parse(p) for p in sub.packets[3:]]
     assert [h.payload_type for h in rtx] == [99, 99]
     assert {h.ssrc for h in rtx} == {consumer.rtx_ssrc} != {consumer.ssrc}
@@ -190,24 +202,6 @@ async def test_nack_is_answered_on_the_rtx_stream_when_negotiated():
     for packet, original in zip(sub.packets[3:], (sub.packets[1], sub.packets[0]), strict=True):
         assert packet[12:14] == original[2:4]
         assert packet[14:] == original[12:]
-
-
-async def test_probes_are_rtx_copies_of_the_newest_packets_when_rtx_is_negotiated():
-    sub = Recorder()
-    producer = make_producer("video")
-    consumer = make_consumer(producer, sub, payload_type=98)
-    feed(producer, 1, 9000, VP8_KEY)
-    feed(producer, 2, 9000, VP8_CONTINUATION)  # mid-frame: no padding possible
-    assert consumer.probe_packets(3) == []
-    consumer.activate(98, rtx_payload_type=99)
-    probes = [header + payload for header, payload in consumer.probe_packets(3)]
-    assert len(probes) == 2, "only what was forwarded"
-    headers = [RtpHeader.parse(p) for p in probes]
-    assert {h.ssrc for h in headers} == {consumer.rtx_ssrc}
-    assert {h.payload_type for h in headers} == {99}
-    newest, older = sub.packets[1], sub.packets[0]
-    assert [p[12:14] for p in probes] == [newest[2:4], older[2:4]]
-    assert [p[14:] for p in probes] == [newest[12:], older[12:]]
 
 
 def test_audio_consumers_have_no_rtx_stream():
@@ -287,17 +281,38 @@ def test_sender_report_is_translated_from_the_publishers():
     sub = Recorder()
     producer = make_producer("audio")
     consumer = make_consumer(producer, sub, payload_type=111)
-    assert consumer.sender_report(1000.0) is None, "no SR before anything was sent"
+    assert consumer.sender_report(1000.0, 5000.0, None) is None, "no SR before anything sent"
     feed(producer, 1, 48000, b"a")
     stream = next(iter(producer.streams.values()))
     stream.statistics.add_sender_report(ntp_from_unix(1000.0), 48000, now=1000.0)
     out_ts = sub.headers()[0].timestamp
-    report = consumer.sender_report(1000.5)
+    report = consumer.sender_report(1000.5, 5000.0, producer.timestamp_mapping(stream))
     assert report is not None
     assert report.ssrc == consumer.ssrc
     assert report.rtp_timestamp == (out_ts + 24000) & 0xFFFFFFFF
-    assert abs(report.ntp_timestamp - ntp_from_unix(1000.5)) < 1 << 20
+    assert abs(report.ntp_timestamp - ntp_from_unix(1000.5)) < 1 << 20, "publisher's NTP"
     assert report.packet_count == 1 and report.octet_count == 1
+
+
+@pytest.mark.parametrize("wall", [5000.0, 5000.0 + 3600, 5000.0 - 3600])
+def test_round_trip_time_comes_from_when_the_quoted_report_was_made(wall: float):
+    """RTT = monotonic time since the SR the receiver report quotes, minus its delay:
+    neither the publisher's NTP clock (copied into the SR) nor a step of this machine's
+    wall clock moves it."""
+    sub = Recorder()
+    producer = make_producer("audio")
+    consumer = make_consumer(producer, sub, payload_type=111)
+    feed(producer, 1, 48000, b"a")
+    stream = next(iter(producer.streams.values()))
+    stream.statistics.add_sender_report(ntp_from_unix(1.7e9), 48000, now=100.0)
+    report = consumer.sender_report(100.0, wall, producer.timestamp_mapping(stream))
+    assert report is not None
+    lsr = (report.ntp_timestamp >> 16) & 0xFFFFFFFF
+    consumer.on_report_block(lsr, int(0.02 * 65536), 100.07)
+    assert consumer.rtt == pytest.approx(0.05, abs=1e-4)
+    consumer.on_report_block(lsr ^ 1, 0, 130.0)
+    consumer.on_report_block(0, 0, 130.0)
+    assert consumer.rtt == pytest.approx(0.05, abs=1e-4), "unknown or no SR: unchanged"
 
 
 async def test_key_frame_requests_are_throttled_per_stream():
@@ -331,19 +346,21 @@ async def test_a_subscribers_picture_loss_asks_for_its_own_layer_only():
     )
     q, h, f = (producer.add_stream(ssrc, rid) for ssrc, rid in ((1, "q"), (2, "h"), (3, "f")))
     consumer = make_consumer(producer, sub)
-    consumer.set_target_layer(1)
+    route_of(producer).set_target_layer(consumer, 1)
     await asyncio.sleep(0.35)  # past the throttle of the requests the start made
     pub.plis.clear()
-    consumer.request_key_frame()  # still waiting: the layer it waits for is asked again
+    route_of(producer).request_key_frame(
+        consumer
+    )  # still waiting: the layer it waits for is asked again
     assert pub.plis == [h.ssrc]
     key_frame = build_rtp_packet(
         payload_type=96, sequence_number=7, timestamp=0, ssrc=h.ssrc, payload=VP8_KEY
     )
     producer.receive(h, key_frame, 12, now=1000.0)
-    assert consumer.current_stream is h
+    assert stream_of(consumer) is h
     await asyncio.sleep(0.35)  # past the throttle of the requests the switch made
     pub.plis.clear()
-    consumer.request_key_frame()  # what a PLI or FIR from the subscriber does
+    route_of(producer).request_key_frame(consumer)  # what a PLI or FIR from the subscriber does
     assert pub.plis == [h.ssrc]
     assert {q.ssrc, f.ssrc}.isdisjoint(pub.plis)
 
@@ -407,3 +424,91 @@ async def test_padding_probes_are_numbered_between_frames():
     seqs.append(media[2].sequence_number)
     assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2, 3]
     assert headers[0].timestamp == media[1].timestamp
+
+
+async def test_probes_are_padding_on_the_media_stream_with_rtx_negotiated_too():
+    sub = Recorder()
+    producer = make_producer()
+    consumer = make_consumer(producer, sub)
+    consumer.activate(96, rtx_payload_type=97)
+    feed(producer, 10, 3000, VP8_KEY, marker=True)
+    headers = [RtpHeader.parse(h + p) for h, p in consumer.padding_packets(2)]
+    assert [(h.padding, h.ssrc, h.payload_type) for h in headers] == [(True, consumer.ssrc, 96)] * 2
+
+
+H264_STAP_A_KEY = bytes([24, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xCE, 0, 2, 0x65, 0x88])
+"""One packet key frame (STAP-A of SPS, PPS and an IDR slice), as Chrome's lowest
+H.264 simulcast layer sends it."""
+H264_DELTA = bytes([0x41, 0x9A, 0x00])  # a non-IDR slice
+
+
+async def test_a_layer_switch_never_starts_on_a_retransmitted_key_frame():
+    """A publisher's RTX probe (a copy of a packet it sent long ago, here an old key
+    frame) must not be a switch point: the subscriber would decode that frame, then
+    wait for everything between it and the live stream, frozen until the next key
+    frame. Seen with Chrome's H.264 simulcast, whose lowest layer's key frames are one
+    packet each."""
+    pub, sub = Recorder(), Recorder()
+    producer = Producer(
+        "TR_x",
+        "PA_pub",
+        "video",
+        "0",
+        [Codec(102, "H264", 90000)],
+        ["q", "h"],
+        "camera",
+        pub.plis.append,
+    )
+    q, h = producer.add_stream(1, "q"), producer.add_stream(2, "h")
+    consumer = make_consumer(producer, sub, payload_type=102)
+
+    def send(stream, seq, ts, payload, marker=True):
+        data = build_rtp_packet(
+            payload_type=102, sequence_number=seq, timestamp=ts, ssrc=stream.ssrc,
+            payload=payload, marker=marker,
+        )  # fmt: skip
+        producer.receive(stream, data, 12, now=1000.0 + seq / 100)
+
+    send(h, 500, 0, H264_STAP_A_KEY)
+    assert stream_of(consumer) is h
+    for seq in range(10, 13):  # q flows; nobody watches it yet
+        send(q, seq, seq * 3000, H264_STAP_A_KEY if seq == 10 else H264_DELTA)
+    route_of(producer).set_target_layer(consumer, 0)
+    send(q, 10, 30000, H264_STAP_A_KEY)  # the probe: a copy of the old key frame
+    assert stream_of(consumer) is h, "switched on a retransmission"
+    send(q, 13, 39000, H264_DELTA)
+    send(q, 14, 42000, H264_STAP_A_KEY)
+    assert stream_of(consumer) is q
+    seqs = [header.sequence_number for header in sub.headers()]
+    assert seqs == [seqs[0], (seqs[0] + 1) & 0xFFFF], "h's key frame, then q's new one"
+
+
+def test_an_h264_layer_learns_its_size_from_the_sps_of_its_key_frames():
+    """The allocator caps a layer by the size the subscriber renders: H.264 layers need
+    their width and height as much as VP8 ones (from the SPS in front of each IDR)."""
+    producer = Producer(
+        "TR_x", "PA_pub", "video", "0", [Codec(102, "H264", 90000)], [], "camera", print
+    )
+    stream = producer.add_stream(1, None)
+    make_consumer(producer, Recorder(), payload_type=102)
+    sps = bytes.fromhex("6742c00c8c8d41422f2cd41818181e1108d400")  # Chromium's q layer
+    key_frame = bytes([24, 0, len(sps)]) + sps + bytes.fromhex("0004 68ce3c80")
+    data = build_rtp_packet(
+        payload_type=102, sequence_number=1, timestamp=0, ssrc=1, payload=key_frame
+    )
+    producer.receive(stream, data, 12, now=1000.0)
+    assert (stream.width, stream.height) == (160, 120)
+
+
+def test_a_layer_nobody_watches_learns_its_size_too():
+    producer = Producer(
+        "TR_x", "PA_pub", "video", "0", [Codec(102, "H264", 90000)], ["q", "h"], "camera", print
+    )
+    q = producer.add_stream(1, "q")
+    sps = bytes.fromhex("6742c00c8c8d41422f2cd41818181e1108d400")
+    key_frame = bytes([24, 0, len(sps)]) + sps + bytes.fromhex("0004 68ce3c80")
+    data = build_rtp_packet(
+        payload_type=102, sequence_number=1, timestamp=0, ssrc=1, payload=key_frame
+    )
+    producer.receive(q, data, 12, now=1000.0)
+    assert not producer.listener.wants(q) and (q.width, q.height) == (160, 120)

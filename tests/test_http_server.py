@@ -1,4 +1,4 @@
-"""sfu.http_server.Server: uvicorn's housekeeping once a second, exit at once."""
+"""sfu.app.http_server.Server: uvicorn's housekeeping once a second, exit at once."""
 
 import asyncio
 import signal
@@ -6,8 +6,8 @@ import sys
 
 import uvicorn
 
-from sfu.http_server import TICK_SECONDS, Server
-from sfu.metrics.http import metrics_app
+from sfu.app.http_server import TICK_SECONDS, Server
+from sfu.app.metrics_server import metrics_app
 
 
 class CountingServer(Server):
@@ -57,8 +57,8 @@ async def test_request_exit_stops_it_at_once():
 
 SERVE_UNTIL_SIGNALLED = """
 import asyncio, sys, uvicorn
-from sfu.http_server import Server
-from sfu.metrics.http import metrics_app
+from sfu.app.http_server import Server
+from sfu.app.metrics_server import metrics_app
 
 async def main():
     config = uvicorn.Config(metrics_app, host="127.0.0.1", port=0, lifespan="off")

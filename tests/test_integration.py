@@ -16,6 +16,7 @@ import av
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
+from sfu.access_token import mint_token
 from sfu.client import (
     RemoteTrack,
     RoomClient,
@@ -27,7 +28,6 @@ from sfu.client import (
 )
 from sfu.config import DEV_API_KEY, DEV_API_SECRET
 from sfu.protocol import ErrorCode
-from signaling.auth import mint_token
 
 WIDTH, HEIGHT = 320, 240
 TRACK_TIMEOUT = 10.0

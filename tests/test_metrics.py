@@ -28,6 +28,8 @@ from sfu.client import (
 from sfu.consumer import Consumer
 from sfu.metrics.worker import Histogram, WorkerMetrics
 from sfu.producer import Producer
+from sfu.router import Router
+from sfu.rtcp_budget import RtcpBudget
 from sfu.sdp import Codec
 
 DROP_EVERY = 15
@@ -58,15 +60,20 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 VP8 = Codec(payload_type=96, name="VP8", clock_rate=90000)
 
 
-def _participant(pid: str, producers: dict[str, Producer], consumers: list[Consumer]) -> Any:
+def _participant(
+    pid: str, producers: dict[str, Producer], consumers: list[Consumer], router: Router
+) -> Any:
     return SimpleNamespace(
         id=pid,
+        room=SimpleNamespace(router=router),
+        estimated_bitrate=None,
         producers=producers,
         consumers=lambda: list(consumers),
         publish=None,
         subscribe=None,
         packets_unroutable=0,
         rtcp_errors=0,
+        rtcp_budget=RtcpBudget(0.02),
         joined_at=0.0,
         grant=SimpleNamespace(identity=pid),
     )
@@ -83,17 +90,21 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
     consumer = Consumer(
         "CO_b", producer, "PA_b", lambda header, payload: sent.append(header + payload)
     )
-    producer.add_consumer(consumer)
+    router = Router()
+    router.add_producer(producer)
+    router.add_consumer(consumer)
     monkeypatch.setattr(producer, "request_key_frame", lambda stream: None)
-    consumer.activate(96)
+    router.activate(consumer, 96)
     stream = producer.add_stream(1234, None)
-    publisher = _participant("PA_a", {"0": producer}, [])
-    subscriber = _participant("PA_b", {}, [consumer])
+    publisher = _participant("PA_a", {"0": producer}, [], router)
+    subscriber = _participant("PA_b", {}, [consumer], router)
     subscriber.joined_at = consumer.created_at - 0.2
     worker = SimpleNamespace(
         participants={"PA_a": publisher, "PA_b": subscriber},
         rooms={"r": SimpleNamespace(name="r", participants={})},
         settings=SimpleNamespace(capacity=10),
+        ice_drops=dict,
+        tick_failures=0,
     )
     metrics = WorkerMetrics(worker)  # type: ignore[arg-type]
 
@@ -101,7 +112,7 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
         packet = _vp8_key_frame(seq)
         producer.receive(stream, packet, 12, 1000.0 + seq / 100)
     resent = int.from_bytes(sent[1][2:4], "big")  # the subscriber's sequence numbers
-    consumer.retransmit([resent, (resent + 7) & 0xFFFF])
+    consumer.retransmit([resent, (resent + 7) & 0xFFFF], now=1.0)
     consumer.plis_received += 1
     metrics.sample(consumer.created_at + 1)
 

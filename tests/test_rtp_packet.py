@@ -21,7 +21,6 @@ from sfu.rtp.packet import (
     payload_offset,
     read_header_extensions,
     read_payload_and_extensions,
-    rewrite_header,
 )
 from sfu.rtp.rtcp import ntp_from_unix
 
@@ -215,37 +214,6 @@ def test_unknown_profile_is_kept():
 )
 def test_is_rtcp(hex_data, expected):
     assert is_rtcp(bytes.fromhex(hex_data)) is expected
-
-
-@pytest.mark.parametrize("marker", [False, True])
-def test_rewrite_header(marker):
-    original = build_rtp_packet(
-        payload_type=96,
-        sequence_number=100,
-        timestamp=200,
-        ssrc=300,
-        marker=marker,
-        extensions={4: b"1"},
-        payload=b"xyz",
-    )
-    buf = bytearray(original)
-    rewrite_header(buf, 100, 65536 + 7, (1 << 32) + 9, 0xDEADBEEF)
-    header = RtpHeader.parse(buf)
-    assert header.marker is marker
-    assert header.payload_type == 100
-    assert header.sequence_number == 7
-    assert header.timestamp == 9
-    assert header.ssrc == 0xDEADBEEF
-    assert buf[12:] == original[12:]
-
-
-@pytest.mark.parametrize(
-    ("size", "payload_type", "message"),
-    [(11, 96, "shorter than the 12-byte"), (12, 128, "payload type 128")],
-)
-def test_rewrite_header_rejects(size, payload_type, message):
-    with pytest.raises(ValueError, match=message):
-        rewrite_header(bytearray(size), payload_type, 1, 2, 3)
 
 
 @pytest.mark.parametrize("packet", [CHROME_VP8_KEYFRAME, TWO_BYTE_AUDIO])

@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +16,19 @@ from sfu.sdp import (
     SessionDescription,
     Simulcast,
     SsrcGroup,
+    accepted_data_channel,
+    bundle_transport,
     create_publish_answer,
     create_subscribe_offer,
     default_outgoing_codecs,
+    outgoing_codecs_for,
     parse_subscribe_answer,
 )
+from sfu.sdp.description import MAX_LINES
 from sfu.sdp.negotiation import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
+    MAX_SSRCS_PER_SECTION,
     MID_URI,
     REPAIRED_RID_URI,
     RID_URI,
@@ -35,6 +41,15 @@ FIXTURE_NAMES = [
     "chrome-simulcast-offer",
     "firefox-plain-offer",
     "firefox-simulcast-offer",
+]
+MAX_BUNDLE = "firefox-max-bundle-offer"
+"""Firefox 153 on the demo page (bundlePolicy max-bundle): audio, simulcast video and a
+data channel; port 0 and a=bundle-only on every m-line after the first."""
+ALL_FIXTURES = [
+    *FIXTURE_NAMES,
+    MAX_BUNDLE,
+    "server-subscribe-offer-to-firefox",
+    "firefox-subscribe-answer",
 ]
 
 LOCAL = LocalTransport(
@@ -202,7 +217,19 @@ def test_firefox_simulcast_offer():
     assert (rid_ext.id, rid_ext.direction) == (9, "sendonly")
 
 
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_firefox_max_bundle_offer():
+    desc = load(MAX_BUNDLE)
+    assert desc.bundle_groups == [["0", "1", "2"]]
+    assert [m.kind for m in desc.media] == ["audio", "video", "application"]
+    assert [m.port for m in desc.media] == [33162, 0, 0]
+    assert [m.bundle_only for m in desc.media] == [False, True, True]
+    assert not any(name == "bundle-only" for m in desc.media for name, _ in m.attributes)
+    assert "a=bundle-only\r\n" in str(desc.media[1])
+    assert len(desc.media[0].candidates) == 8 and desc.media[0].end_of_candidates
+    assert desc.media[1].candidates == [] and not desc.media[1].end_of_candidates
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_round_trip(name: str):
     desc = load(name)
     text = str(desc)
@@ -212,7 +239,7 @@ def test_round_trip(name: str):
     assert SessionDescription.parse(fixture_text(name).replace("\r\n", "\n")) == desc
 
 
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
+@pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_aiortc_parses_our_output(name: str):
     desc = load(name)
     theirs = aiortc.sdp.SessionDescription.parse(str(desc))
@@ -438,6 +465,95 @@ def test_publish_answer_rejects_unusable_sections():
     assert SessionDescription.parse(str(answer)) == answer
 
 
+def test_publish_answer_firefox_max_bundle():
+    offer, answer, published = answer_for(MAX_BUNDLE)
+    assert answer.bundle_groups == [["0", "1", "2"]]
+    assert [m.port for m in answer.media] == [9, 9, 9]
+    assert [m.direction for m in answer.media] == ["recvonly", "recvonly", "sendrecv"]
+    assert not any(m.bundle_only for m in answer.media)  # never in an answer (RFC 8843)
+    assert "bundle-only" not in str(answer)
+    audio, video, application = answer.media
+    assert [c.mime_type for c in audio.codecs] == ["audio/opus"]
+    assert [(c.payload_type, c.name) for c in video.codecs] == [(120, "VP8"), (124, "rtx")]
+    assert [(r.id, r.direction) for r in video.rids] == [(rid, "recv") for rid in "qhf"]
+    assert video.simulcast == Simulcast(recv=[["q"], ["h"], ["f"]])
+    assert "a=simulcast:recv q;h;f\r\n" in str(answer)
+    assert [p.mid for p in published] == ["0", "1"]
+    assert published[1].rids == ["q", "h", "f"]
+    assert published[1].ssrcs == [351470292, 3425377974, 1263511571]
+    assert published[1].rtx_ssrc == {
+        351470292: 3005207378,
+        3425377974: 956476489,
+        1263511571: 172174143,
+    }
+    assert published[1].header_extensions[RID_URI] == 9
+    assert published[1].header_extensions[REPAIRED_RID_URI] == 10
+    assert application.formats == ["webrtc-datachannel"] and application.sctp_port == 5000
+    sctp = accepted_data_channel(offer, answer)
+    assert sctp is not None
+    assert (sctp.mid, sctp.port, sctp.max_message_size) == ("2", 5000, 1073741823)
+    # The BUNDLE transport is the first m-line's: its ICE credentials and candidates.
+    transport = bundle_transport(offer, answer)
+    assert (transport.ice_ufrag, transport.ice_pwd) == ("af93f42f", offer.media[0].ice_pwd)
+    assert transport.candidates == offer.media[0].candidates and transport.end_of_candidates
+    assert transport.fingerprints == offer.fingerprints and transport.setup == "actpass"
+
+
+def without_bundle_only(desc: SessionDescription, index: int) -> SessionDescription:
+    desc.media[index].bundle_only = False
+    return SessionDescription.parse(str(desc))
+
+
+def test_publish_answer_rejects_port_zero_without_bundle_only():
+    # Port 0 without a=bundle-only is the offerer disabling the m-line (RFC 3264): it is
+    # rejected in the answer, and the rest of the session goes on.
+    offer = without_bundle_only(load(MAX_BUNDLE), 1)
+    answer, published = create_publish_answer(offer, LOCAL)
+    assert [m.port for m in answer.media] == [9, 0, 9]
+    assert answer.media[1].direction == "inactive" and answer.media[1].codecs == []
+    assert answer.bundle_groups == [["0", "2"]]
+    assert [p.mid for p in published] == ["0"]
+    assert accepted_data_channel(offer, answer) is not None
+
+    offer = without_bundle_only(load(MAX_BUNDLE), 2)
+    answer, published = create_publish_answer(offer, LOCAL)
+    assert [m.port for m in answer.media] == [9, 9, 0]
+    assert answer.bundle_groups == [["0", "1"]]
+    assert accepted_data_channel(offer, answer) is None
+
+
+def test_publish_answer_bundle_only_needs_the_group():
+    offer = load(MAX_BUNDLE)
+    offer.bundle_groups = [["0", "2"]]  # video is bundle-only but outside every group
+    answer, _ = create_publish_answer(SessionDescription.parse(str(offer)), LOCAL)
+    assert [m.port for m in answer.media] == [9, 0, 9]
+    assert answer.bundle_groups == [["0", "2"]]
+
+    # The offerer-tagged m-line carries the BUNDLE address: port 0 rejects it even with
+    # a=bundle-only; the bundle-only m-lines after it still join the group.
+    offer = load(MAX_BUNDLE)
+    offer.media[0].port = 0
+    offer.media[0].bundle_only = True
+    offer = SessionDescription.parse(str(offer))
+    answer, _ = create_publish_answer(offer, LOCAL)
+    assert [m.port for m in answer.media] == [0, 9, 9]
+    assert answer.bundle_groups == [["1", "2"]]
+    assert bundle_transport(offer, answer).candidates == offer.media[0].candidates
+
+
+def test_bundle_transport_gathers_every_accepted_section():
+    offer = load("chrome-plain-offer")
+    offer.media[1].candidates = ["7 1 udp 2113937151 192.0.2.7 5000 typ host"]
+    offer.media[1].end_of_candidates = True
+    answer, _ = create_publish_answer(offer, LOCAL)
+    transport = bundle_transport(offer, answer)
+    assert transport.candidates == [*offer.media[0].candidates, *offer.media[1].candidates]
+    assert transport.end_of_candidates
+    answer.bundle_groups = []
+    with pytest.raises(SdpError, match="accepted no m= section"):
+        bundle_transport(offer, answer)
+
+
 def test_publish_answer_needs_bundle():
     offer = load("chrome-plain-offer")
     offer.bundle_groups = []
@@ -599,6 +715,33 @@ def test_parse_subscribe_answer():
     assert idle.rejected and idle.codecs == [] and idle.header_extensions == {}
 
 
+def test_firefox_subscribe_answer():
+    """Firefox 153 on the demo page answering the server's offer of a Chromium
+    publisher's audio and video (both captured): it accepts both m-lines into BUNDLE
+    with their own ports (no port 0 in an answer), and the answer passes the check."""
+    offer = load("server-subscribe-offer-to-firefox")
+    answer = load("firefox-subscribe-answer")
+    assert answer.bundle_groups == [["0", "1"]]
+    assert [m.port for m in answer.media] == [42551, 9]
+    negotiated = parse_subscribe_answer(answer, offer)
+    audio, video = negotiated["0"], negotiated["1"]
+    assert (audio.rejected, audio.direction) == (False, "recvonly")
+    assert (video.rejected, video.direction) == (False, "recvonly")
+    assert [(c.payload_type, c.name) for c in audio.codecs] == [(111, "opus")]
+    assert [(c.payload_type, c.name) for c in video.codecs] == [(96, "VP8")]
+    assert video.codecs[0].rtcp_feedback == [
+        "nack",
+        "nack pli",
+        "ccm fir",
+        "goog-remb",
+        "transport-cc",
+    ]
+    assert video.header_extensions == {TRANSPORT_CC_URI: 3}
+    transport = answer.transport(answer.media[0])
+    assert transport.setup == "active" and transport.ice_ufrag == "7e81b93d"
+    assert len(transport.candidates) == 4 and transport.end_of_candidates
+
+
 def test_parse_subscribe_answer_mismatches():
     offer = create_subscribe_offer(LOCAL, outgoing_media(), session_id=42, session_version=3)
 
@@ -631,6 +774,7 @@ def test_parse_subscribe_answer_mismatches():
 # Malformed input
 
 HEADER = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\n"
+HUGE = "9" * 5000
 VIDEO = HEADER + "m=video 9 UDP/TLS/RTP/SAVPF 96 97\na=mid:0\n"
 
 MALFORMED = [
@@ -697,6 +841,21 @@ MALFORMED = [
         id="bundle-unknown-mid",
     ),
     pytest.param(HEADER + "o=- 1 1 IN IP4 127.0.0.1\n", 5, "second o=", id="origin-twice"),
+    # Hostile numbers: refused by length, before int() (whose cost grows with it).
+    pytest.param(f"v=0\no=- {HUGE} 1 IN IP4 1.2.3.4\n", 2, "5000 digits", id="origin-huge"),
+    pytest.param(f"v=0\no=- 1 {HUGE} IN IP4 1.2.3.4\n", 2, "session version", id="version-huge"),
+    pytest.param(HEADER + f"m=video {HUGE} UDP/TLS/RTP/SAVPF 96\n", 5, "port", id="m-port-huge"),
+    pytest.param(HEADER + "m=video 65536 UDP/TLS/RTP/SAVPF 96\n", 5, "range", id="m-port-range"),
+    pytest.param(
+        HEADER + f"m=video 9 UDP/TLS/RTP/SAVPF {HUGE}\n", 5, "payload type", id="m-pt-huge"
+    ),
+    pytest.param(VIDEO + f"a=rtpmap:96 VP8/{HUGE}\n", 7, "clock rate", id="rtpmap-rate-huge"),
+    pytest.param(VIDEO + f"a=rtpmap:96 opus/48000/{HUGE}\n", 7, "channels", id="channels-huge"),
+    pytest.param(VIDEO + f"a=extmap:{HUGE} urn:foo\n", 7, "extmap id", id="extmap-id-huge"),
+    pytest.param(VIDEO + f"a=ssrc:{HUGE} cname:x\n", 7, "ssrc", id="ssrc-huge"),
+    pytest.param(VIDEO + f"a=sctp-port:{HUGE}\n", 7, "sctp-port", id="sctp-port-huge"),
+    pytest.param(HEADER + "a=group:\n", 5, "group needs", id="group-empty"),
+    pytest.param(HEADER + "a=group: \n", 5, "group needs", id="group-blank"),
 ]
 
 
@@ -710,6 +869,63 @@ def test_malformed(text: str, line_number: int, reason: str):
     assert f"line {line_number}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"v=0\no=- {HUGE} 1 IN IP4 1.2.3.4\n",
+        HEADER + f"a=group:BUNDLE {HUGE}\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=mid:0\n",
+        HEADER + f"m=audio 9 UDP/TLS/RTP/SAVPF 111\na=mid:{HUGE}\n" * 2,
+        VIDEO + f"a=simulcast:send {'q' * 5000}!\n",
+        VIDEO + f"a=rid:{'q' * 5000} send\na=rid:{'q' * 5000} send\n",
+    ],
+)
+def test_errors_quote_a_bounded_part_of_the_input(text: str):
+    with pytest.raises(SdpError) as info:
+        SessionDescription.parse(text)
+    assert len(str(info.value)) < 400
+    assert "characters)" in str(info.value)
+
+
+def test_group_without_mids_is_an_empty_group():
+    desc = SessionDescription.parse(HEADER + "a=group:BUNDLE\n")
+    assert desc.bundle_groups == [[]]
+    assert create_publish_answer(desc, LOCAL) == (
+        SessionDescription(session_id=1, session_version=1, ice_lite=True, msid_semantic="WMS"),
+        [],
+    )
+
+
+def test_max_media():
+    text = fixture_text(MAX_BUNDLE)
+    assert len(SessionDescription.parse(text, max_media=3).media) == 3
+    with pytest.raises(SdpError, match="more than 2 m= sections") as info:
+        SessionDescription.parse(text, max_media=2)
+    assert info.value.line.startswith("m=application")
+    # The parse stops at the first section too many, however many follow.
+    many = HEADER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\n" * 2000
+    with pytest.raises(SdpError) as info:
+        SessionDescription.parse(many, max_media=32)
+    assert info.value.line_number == 5 + 32
+
+
+def test_max_lines():
+    lines = fixture_text(MAX_BUNDLE).splitlines()
+    padding = [f"a=x-{n}" for n in range(MAX_LINES - len(lines) - 1)]
+    assert SessionDescription.parse("\r\n".join([*lines, *padding]) + "\r\n")
+    with pytest.raises(SdpError, match=f"more than {MAX_LINES} lines"):
+        SessionDescription.parse("\r\n".join([*lines, *padding, "a=x"]) + "\r\n")
+
+
+def test_publish_answer_bounds_declared_ssrcs():
+    offer = load(MAX_BUNDLE)
+    video = offer.media[1]
+    video.ssrcs = {ssrc: {"cname": "x"} for ssrc in range(1, MAX_SSRCS_PER_SECTION + 1)}
+    create_publish_answer(offer, LOCAL)
+    video.ssrcs[99] = {"cname": "x"}
+    with pytest.raises(SdpError, match=f"17 SSRCs; at most {MAX_SSRCS_PER_SECTION}"):
+        create_publish_answer(offer, LOCAL)
+
+
 def test_crlf_line_numbers():
     with pytest.raises(SdpError) as info:
         SessionDescription.parse(VIDEO.replace("\n", "\r\n") + "a=rtpmap:1 x/1\r\n")
@@ -717,20 +933,26 @@ def test_crlf_line_numbers():
     assert info.value.line == "a=rtpmap:1 x/1"
 
 
-# Random damage: only SdpError, and whatever parses must round-trip
+# Random damage: only SdpError, whatever parses must round-trip, and the publish answer
+# to it raises only SdpError too
 
 
-def _mutations(lines: list[str]) -> st.SearchStrategy[list[str]]:
+def _mutations(lines: list[str]) -> st.SearchStrategy[list[tuple[str, int, int, str]]]:
     index = st.integers(min_value=0, max_value=len(lines) - 1)
-    delete = index.map(lambda i: ("delete", i, 0))
-    duplicate = index.map(lambda i: ("duplicate", i, 0))
-    truncate = st.tuples(st.just("truncate"), index, st.integers(min_value=0, max_value=80))
-    return st.lists(st.one_of(delete, duplicate, truncate), min_size=1, max_size=6)
+    cut = st.integers(min_value=0, max_value=80)
+    junk = st.text(max_size=12)
+    mutation = st.tuples(
+        st.sampled_from(["delete", "duplicate", "truncate", "swap", "huge", "insert"]),
+        index,
+        cut,
+        junk,
+    )
+    return st.lists(mutation, min_size=1, max_size=6)
 
 
-def _apply(lines: list[str], mutations: list[tuple[str, int, int]]) -> str:
+def _apply(lines: list[str], mutations: list[tuple[str, int, int, str]]) -> str:
     lines = list(lines)
-    for op, i, cut in mutations:
+    for op, i, cut, junk in mutations:
         i %= len(lines)
         if op == "delete" and len(lines) > 1:
             del lines[i]
@@ -738,10 +960,17 @@ def _apply(lines: list[str], mutations: list[tuple[str, int, int]]) -> str:
             lines.insert(i, lines[i])
         elif op == "truncate":
             lines[i] = lines[i][:cut]
+        elif op == "swap":  # an attribute moved to another place (and m-section)
+            j = (i + cut) % len(lines)
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "huge":  # the first number on the line grows to 5,000 digits
+            lines[i] = re.sub(r"[0-9]+", HUGE, lines[i], count=1)
+        elif op == "insert":  # random characters inside a line
+            lines[i] = lines[i][:cut] + junk + lines[i][cut:]
     return "\r\n".join(lines) + "\r\n"
 
 
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
+@pytest.mark.parametrize("name", ALL_FIXTURES)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutations_raise_only_sdp_error(name: str, data: st.DataObject):
@@ -752,3 +981,34 @@ def test_mutations_raise_only_sdp_error(name: str, data: st.DataObject):
     except SdpError:
         return
     assert SessionDescription.parse(str(desc)) == desc
+    try:
+        answer, _ = create_publish_answer(desc, LOCAL, allow_h264=True)
+        if answer.bundle_groups:
+            bundle_transport(desc, answer)
+    except SdpError:
+        return
+    assert SessionDescription.parse(str(answer)) == answer
+
+
+def test_a_subscriber_is_offered_the_publishers_h264_profile():
+    offer = load("chrome-plain-offer")
+    video = offer.media[1]
+    drop = {96, 97, 108, 109}  # VP8 and constrained baseline: baseline 42001f is left
+    video.codecs = [c for c in video.codecs if c.payload_type not in drop]
+    video.formats = [f for f in video.formats if int(f) not in drop]
+    _, published = create_publish_answer(SessionDescription.parse(str(offer)), LOCAL, True)
+    codec = published[1].codecs[0]
+    assert codec.parameters["profile-level-id"] == "42001f"
+
+    h264, h264_rtx = outgoing_codecs_for("video", codec, allow_h264=True)
+    assert (h264.payload_type, h264.name) == (102, "H264")
+    assert (h264_rtx.payload_type, h264_rtx.name, h264_rtx.apt) == (103, "rtx", 102)
+    assert h264.parameters["profile-level-id"] == "42001f"
+    assert h264.parameters["packetization-mode"] == "1"
+    assert "x-google-start-bitrate" not in h264.parameters, "only stream parameters"
+    assert outgoing_codecs_for("video", codec) == [], "no H.264 when it is not allowed"
+    vp8, vp8_rtx = outgoing_codecs_for("video", Codec(120, "VP8", 90000))
+    assert (vp8.payload_type, vp8.parameters) == (96, {})
+    assert (vp8_rtx.payload_type, vp8_rtx.apt) == (97, 96), "NACKs are answered on RTX"
+    (opus,) = outgoing_codecs_for("audio", Codec(111, "opus", 48000, 2))
+    assert opus.payload_type == 111, "no rtx for audio"

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from sfu.access_token import mint_token, verify_token
 from sfu.config import Settings
 from sfu.protocol import (
     MAX_MESSAGE_BYTES,
@@ -21,6 +22,8 @@ from sfu.protocol import (
     ErrorCode,
     JoinedMessage,
     MuteMessage,
+    Participant,
+    ParticipantJoinedMessage,
     PublishAnswerMessage,
     PublishOfferMessage,
     SubscribeAnswerMessage,
@@ -28,8 +31,7 @@ from sfu.protocol import (
 )
 from sfu.worker_api import EventSink, Grant, ProtocolError
 from signaling.app import create_app
-from signaling.auth import mint_token, verify_token
-from signaling.ws import SEND_QUEUE_LIMIT, Session
+from signaling.ws import SEND_QUEUE_LIMIT, MessageBudget, Session, Sessions
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -42,7 +44,8 @@ class FakeWorker:
     Like the real worker, ``join`` sends the ``joined`` reply through the sink itself.
 
     ``mute`` doubles as a remote control for the sink: ``track_id`` "burst-N" pushes N
-    events, "flood" pushes more than the send queue holds.
+    events, "flood" pushes more than the send queue holds, "unencodable" an event no
+    JSON encoder takes (a name with a lone surrogate).
     """
 
     def __init__(self) -> None:
@@ -91,6 +94,10 @@ class FakeWorker:
             count = int(message.track_id.removeprefix("burst-"))
         elif message.track_id == "flood":
             count = SEND_QUEUE_LIMIT + 10
+        elif message.track_id == "unencodable":
+            stranger = Participant(participant_id="PA_x", identity="x", name="\ud800")
+            sink(ParticipantJoinedMessage(participant=stranger))
+            return
         else:
             return
         for index in range(count):
@@ -106,7 +113,7 @@ class FakeWorker:
 
 
 def settings(**overrides) -> Settings:
-    return Settings(api_key=KEY, api_secret=SECRET, **overrides)
+    return Settings(api_key=KEY, api_secret=SECRET, **{"dev_tokens": True, **overrides})
 
 
 def token(room: str = "lobby", identity: str = "alice", **kwargs) -> str:
@@ -120,7 +127,7 @@ def worker() -> FakeWorker:
 
 @pytest.fixture
 def client(worker):
-    with TestClient(create_app(settings(), worker)) as test_client:
+    with TestClient(create_app(worker, settings())) as test_client:
         yield test_client
 
 
@@ -197,8 +204,9 @@ def test_dev_token_validation(client, params):
     assert client.get("/api/dev-token", params=params).status_code == 422
 
 
-def test_dev_token_disabled(worker):
-    with TestClient(create_app(settings(dev_tokens=False), worker)) as client:
+@pytest.mark.parametrize("overrides", [{"dev_tokens": False}, {}], ids=["off", "default"])
+def test_dev_token_disabled(worker, overrides):
+    with TestClient(create_app(worker, Settings(api_secret=SECRET, **overrides))) as client:
         response = client.get("/api/dev-token", params={"room": "lobby"})
     assert response.status_code == 403
     assert "disabled" in response.json()["detail"]
@@ -243,7 +251,18 @@ BAD_FRAMES = [
     pytest.param("[1, 2]", ErrorCode.BAD_MESSAGE, None, id="not-an-object"),
     pytest.param('{"v": 1}', ErrorCode.UNKNOWN_TYPE, None, id="no-type"),
     pytest.param('{"type": "dance"}', ErrorCode.UNKNOWN_TYPE, None, id="unknown-type"),
-    pytest.param('{"type": 7}', ErrorCode.UNKNOWN_TYPE, None, id="type-not-a-string"),
+    pytest.param('{"type": 7}', ErrorCode.BAD_MESSAGE, None, id="type-not-a-string"),
+    pytest.param('{"type": []}', ErrorCode.BAD_MESSAGE, None, id="type-array"),
+    pytest.param('{"type": {}}', ErrorCode.BAD_MESSAGE, None, id="type-object"),
+    pytest.param(
+        '{"type": "join", "token": "\\ud800"}', ErrorCode.BAD_TOKEN, "join", id="token-surrogate"
+    ),
+    pytest.param(
+        '{"type": "join", "token": "t", "name": "a\\nb"}',
+        ErrorCode.BAD_MESSAGE,
+        "join",
+        id="name-control-character",
+    ),
     pytest.param('{"type": "ping", "v": 2}', ErrorCode.UNSUPPORTED_VERSION, "ping", id="v2"),
     pytest.param('{"type": "ping", "v": "1"}', ErrorCode.BAD_MESSAGE, "ping", id="v-string"),
     pytest.param('{"type": "ping", "v": true}', ErrorCode.BAD_MESSAGE, "ping", id="v-bool"),
@@ -474,7 +493,7 @@ class StubSocket:
 async def test_cancelled_session_still_leaves(worker):
     socket = StubSocket()
     socket.push({"type": "join", "token": token()})
-    session = asyncio.create_task(Session(socket, worker, settings()).run())
+    session = asyncio.create_task(Session(socket, worker, settings(), Sessions(settings())).run())
     while not socket.sent:
         await asyncio.sleep(0.01)
     assert socket.sent[0]["type"] == "joined"
@@ -521,3 +540,54 @@ def test_cli_token():
     with pytest.raises(ProtocolError) as info:
         verify_token(result.stdout.strip(), KEY, SECRET, now=time.time() + 121)
     assert info.value.code == ErrorCode.TOKEN_EXPIRED
+
+
+async def test_a_message_that_cannot_be_encoded_closes_only_its_socket(worker, caplog):
+    sessions = Sessions(settings())
+    victim, bystander = StubSocket(), StubSocket()
+    runs = [
+        asyncio.create_task(Session(socket, worker, settings(), sessions).run())
+        for socket in (victim, bystander)
+    ]
+    victim.push({"type": "join", "token": token(identity="victim")})
+    bystander.push({"type": "join", "token": token(identity="bystander")})
+    victim.push({"type": "mute", "track_id": "unencodable", "muted": True})
+    await asyncio.wait_for(runs[0], 5)  # before: the writer died, the session went on
+    assert victim.close_code == 1011
+    assert "cannot be encoded" in caplog.text
+    bystander.push({"type": "ping"})
+    while bystander.sent[-1]["type"] != "pong":
+        await asyncio.sleep(0.01)
+    runs[1].cancel()
+    await asyncio.gather(runs[1], return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        pytest.param([0.0] * 3, ["accept"] * 3, id="burst"),
+        pytest.param([0.0] * 5, ["accept"] * 3 + ["refuse"] * 2, id="over"),
+        pytest.param([0.0] * 7, ["accept"] * 3 + ["refuse"] * 3 + ["disconnect"], id="abuse"),
+        pytest.param([0.0] * 4 + [0.5], ["accept"] * 3 + ["refuse", "accept"], id="refill"),
+        pytest.param([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], ["accept"] * 7, id="at-the-rate"),
+    ],
+)
+def test_message_budget(times, expected):
+    budget = MessageBudget(rate=10.0, burst=3, now=0.0)
+    assert [budget.take(now).value for now in times] == expected
+
+
+def test_the_development_secret_opens_nothing_outside_dev_mode(worker):
+    dev_only = Settings(dev_tokens=True)  # the default secret is the published one
+    with TestClient(create_app(worker, dev_only)) as client:
+        body = client.get("/api/dev-token", params={"room": "lobby"}).json()
+        with client.websocket_connect("/ws") as ws:
+            send(ws, {"type": "join", "token": body["token"]})
+            assert "no API secret" in assert_error(ws, ErrorCode.BAD_TOKEN, "join")["message"]
+        response = client.get("/api/rooms", auth=(dev_only.api_key, dev_only.api_secret))
+        assert response.status_code == 401
+    with TestClient(create_app(worker, Settings(dev=True))) as client:
+        body = client.get("/api/dev-token", params={"room": "lobby"}).json()
+        with client.websocket_connect("/ws") as ws:
+            send(ws, {"type": "join", "token": body["token"]})
+            assert ws.receive_json()["type"] == "joined"

@@ -12,14 +12,22 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from browser import CHROMIUM_ARGS, CHROMIUM_PATH, Stats, chromium_available, page_state, page_stats
+from browser import (
+    CHROMIUM_ARGS,
+    CHROMIUM_PATH,
+    Stats,
+    chromium_available,
+    page_state,
+    page_stats,
+    wait_until,
+)
 from netns import VethNamespace, netns_unavailable_reason, veth_namespace
-from server import ServerStartError, ServerUrl, run_sfu_server
+from server import ServerUrl, serve_module
 
 pytestmark = [
     pytest.mark.browser,
@@ -53,15 +61,7 @@ def link() -> Iterator[VethNamespace]:
 def sfu_server(link: VethNamespace) -> Iterator[ServerUrl]:
     """The embedded server on every interface, ICE on loopback and on the veth's root
     side (named ``sfu_server`` so a failing test gets its log in the report)."""
-    server = run_sfu_server(host="0.0.0.0", ice_addresses=["127.0.0.1", link.host_address])
-    try:
-        url = server.__enter__()
-    except ServerStartError as exc:
-        pytest.fail(f"could not start the sfu server: {exc}", pytrace=False)
-    try:
-        yield url
-    finally:
-        server.__exit__(None, None, None)
+    yield from serve_module(host="0.0.0.0", ice_addresses=["127.0.0.1", link.host_address])
 
 
 @dataclass
@@ -178,24 +178,6 @@ def subscriber_state(page: Any, participant_id: str) -> dict[str, Any]:
     }
 
 
-def poll(
-    check: Callable[[], Any],
-    what: str,
-    timeout: float,
-    detail: Callable[[], Any] = lambda: None,
-    interval: float = 0.25,
-) -> Any:
-    """Call ``check`` until it returns something truthy; fail with ``detail()``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {detail()}")
-        time.sleep(interval)
-
-
 def encoding_rids(page: Any, seconds: float = 1.0) -> tuple[set[str], dict[str, Any]]:
     """The rids whose framesEncoded grew over ``seconds``, and the latest stats by rid."""
     before = outbound_video(page_stats(page))
@@ -244,13 +226,13 @@ def test_publisher_encodes_three_layers_and_direct_subscriber_gets_the_top(room:
         latest.update(stats)
         return growing >= set(RIDS) and all(stats[rid].get("frameWidth", 0) > 0 for rid in RIDS)
 
-    poll(all_three, "framesEncoded growing for q, h and f", RAMP_UP_TIMEOUT, lambda: latest)
+    wait_until(all_three, "framesEncoded growing for q, h and f", RAMP_UP_TIMEOUT, lambda: latest)
     layers = {rid: (s["frameWidth"], s["frameHeight"]) for rid, s in latest.items()}
     print(f"\npublisher: 3 layers encoding after {time.monotonic() - start:.1f}s: {layers}")
     assert layers["f"][0] == TOP_WIDTH and layers["q"][0] == LOW_WIDTH, layers
 
     start = time.monotonic()
-    poll(
+    wait_until(
         lambda: received(room.direct, room.publisher_id)[0] == TOP_WIDTH,
         f"the loopback subscriber to receive {TOP_WIDTH} px",
         RAMP_UP_TIMEOUT,
@@ -260,7 +242,7 @@ def test_publisher_encodes_three_layers_and_direct_subscriber_gets_the_top(room:
     print(f"loopback subscriber: {width}x{height} after {time.monotonic() - start:.1f}s")
     assert (width, height) == (640, 480)
     # The tile's own readout refreshes once a second.
-    poll(
+    wait_until(
         lambda: (
             room.direct.evaluate("() => window.sfu.tiles()")
             .get(room.publisher_id, {})
@@ -275,7 +257,7 @@ def test_publisher_encodes_three_layers_and_direct_subscriber_gets_the_top(room:
 
 def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
     start = time.monotonic()
-    poll(
+    wait_until(
         lambda: received(room.constrained, room.publisher_id)[0] == TOP_WIDTH,
         f"the subscriber in the namespace to receive {TOP_WIDTH} px before the limit",
         RAMP_UP_TIMEOUT,
@@ -290,7 +272,7 @@ def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
 
     room.link.limit_downlink("300kbit", "16kbit", "100ms")
     start = time.monotonic()
-    poll(
+    wait_until(
         lambda: 0 < received(room.constrained, room.publisher_id)[0] <= 320,
         "a layer ≤ 320 px on the 300 kbit/s link",
         RAMP_UP_TIMEOUT,
@@ -302,7 +284,7 @@ def test_constrained_subscriber_gets_a_lower_layer_and_climbs_back(room: Room):
 
     room.link.unlimit_downlink()
     start = time.monotonic()
-    poll(
+    wait_until(
         lambda: received(room.constrained, room.publisher_id)[0] == TOP_WIDTH,
         f"the climb back to {TOP_WIDTH} px once the limit is lifted",
         CLIMB_BACK_LIMIT,
@@ -317,7 +299,7 @@ def test_low_preference_and_dynacast(room: Room):
     for page in subscribers:
         assert page.evaluate(f"() => window.sfu.setMaxQuality('{room.publisher_id}', 'low')")
     for page in subscribers:
-        poll(
+        wait_until(
             lambda page=page: received(page, room.publisher_id)[0] == LOW_WIDTH,
             f"{LOW_WIDTH} px after asking for low",
             RAMP_UP_TIMEOUT,
@@ -335,7 +317,7 @@ def test_low_preference_and_dynacast(room: Room):
         return "q" in growing and {"h", "f"} <= (inactive | (set(RIDS) - growing))
 
     start = time.monotonic()
-    poll(
+    wait_until(
         upper_paused,
         "h and f paused (dynacast)",
         RAMP_UP_TIMEOUT,
@@ -347,14 +329,14 @@ def test_low_preference_and_dynacast(room: Room):
     # One subscriber wants high again: the layers resume and it gets 640.
     room.direct.evaluate(f"() => window.sfu.setMaxQuality('{room.publisher_id}', 'high')")
     start = time.monotonic()
-    poll(
+    wait_until(
         lambda: encoding_rids(room.publisher, 0.5)[0] >= set(RIDS),
         "h and f encoding again",
         RAMP_UP_TIMEOUT,
         lambda: summary(encoding_rids(room.publisher)[1]),
     )
     resumed = time.monotonic() - start
-    poll(
+    wait_until(
         lambda: received(room.direct, room.publisher_id)[0] == TOP_WIDTH,
         f"{TOP_WIDTH} px after asking for high",
         RAMP_UP_TIMEOUT,

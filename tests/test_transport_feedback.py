@@ -1,9 +1,11 @@
 import itertools
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sfu.bwe.send_side import SEND_HISTORY_PACKETS, SendSideBandwidthEstimator
 from sfu.rtp.rtcp import TransportFeedback, parse_rtcp
 from sfu.rtp.transport_feedback import (
     MAX_FEEDBACK_PACKET_SIZE,
@@ -11,6 +13,7 @@ from sfu.rtp.transport_feedback import (
     PacketResult,
     TransportCcFeedback,
     build_feedback_packets,
+    parse_transport_cc,
 )
 
 # Captured from libwebrtc (the same packet as TRANSPORT_CC in test_rtcp.py): base 423,
@@ -186,8 +189,8 @@ def test_arrival_times_round_to_250_us_without_drift():
         ("0000 0000 000000 00", "status count of 0"),
         ("0000 0002 000000 00 2001", "chunk at byte 10 is truncated after 1 of 2"),
         ("0000 0001 000000 00 20", "chunk at byte 8 is truncated"),
-        ("0000 0001 000000 00 2001", "small delta of packet 0 at byte 10"),
-        ("0000 0001 000000 00 4001 00", "large delta of packet 0 at byte 10"),
+        ("0000 0001 000000 00 2001", "deltas need 1 bytes from byte 10, the FCI has 0"),
+        ("0000 0001 000000 00 4001 00", "deltas need 2 bytes from byte 10, the FCI has 1"),
         ("0000 0001 000000 00 f000", "2-bit status vector chunk at byte 8 .* symbol 0"),
         ("0000 0001 000000 00 2001 01 00000000", "4 bytes after its receive deltas"),
     ],
@@ -335,3 +338,79 @@ def test_build_input_checks():
         build_feedback_packets(1, 2, [(5, 0), (5, 1)], 0)
     with pytest.raises(ValueError, match="max_packet_size"):
         build_feedback_packets(1, 2, [(5, 0)], 0, max_packet_size=20)
+
+
+# -- hostile feedback: cost in proportion to what was sent ------------------------------
+
+# Base 0, 65,535 statuses, then run length chunks of 8,191 "not received": 28 bytes that
+# used to expand into 65,535 objects (33-77 ms) and then make the estimator walk them.
+HOSTILE_LOST_FCI = bytes.fromhex("0000 ffff 000000 00" + "1fff" * 8 + "1fff 0000")
+# The same count declared as received small deltas, without the 65,535 delta bytes.
+HOSTILE_RECEIVED_FCI = bytes.fromhex("0000 ffff 000000 00" + "3fff" * 8 + "3fff 0000")
+
+
+def test_lean_parse_does_not_expand_losses():
+    report = parse_transport_cc(HOSTILE_LOST_FCI)
+    assert (report.base_sequence, report.status_count, report.received) == (0, 0xFFFF, [])
+
+
+def test_declared_deltas_are_checked_before_anything_is_expanded():
+    with pytest.raises(ValueError, match="deltas need 65535 bytes from byte 26, the FCI has 2"):
+        parse_transport_cc(HOSTILE_RECEIVED_FCI)
+
+
+def test_lean_parse_matches_the_full_parse():
+    for fci in (LIBWEBRTC_FCI, chrome_style_fci()):
+        report = parse_transport_cc(fci)
+        full = TransportCcFeedback.parse(fci)
+        assert report.status_count == len(full.packets)
+        assert [(full.packets[i].sequence_number, t) for i, t in report.received] == [
+            (p.sequence_number, p.arrival_time_us) for p in full.packets if p.received
+        ]
+
+
+def _estimator_with_history(sent: int) -> SendSideBandwidthEstimator:
+    estimator = SendSideBandwidthEstimator()
+    for seq in range(sent):
+        estimator.on_packet_sent(seq & 0xFFFF, 1_000, seq / 1_000)
+    return estimator
+
+
+def test_hostile_feedback_costs_microseconds_not_seconds():
+    # Thirty of them fit in one 1,200-byte RTCP compound: 1.5 s of event loop before.
+    estimator = _estimator_with_history(2 * SEND_HISTORY_PACKETS)
+    start = time.perf_counter()
+    for _ in range(30):
+        estimator.on_feedback(parse_transport_cc(HOSTILE_LOST_FCI), 10.0)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.02, f"30 hostile feedbacks took {elapsed * 1000:.1f} ms"
+
+
+def test_losses_apply_once_and_only_to_sent_packets():
+    estimator = _estimator_with_history(100)
+    for _ in range(3):
+        estimator.on_feedback(parse_transport_cc(HOSTILE_LOST_FCI), 0.2)
+    assert estimator._loss_lost == 100 and estimator._loss_total == 100
+    # Feedback for the next packets still counts, received or lost.
+    for seq in range(100, 110):
+        estimator.on_packet_sent(seq, 1_000, 0.3)
+    feedback = TransportCcFeedback(
+        100,
+        0,
+        1,
+        [PacketResult(100 + i, i % 2 == 0, 1_000 * i if i % 2 == 0 else None) for i in range(10)],
+    )
+    estimator.on_feedback(parse_transport_cc(bytes(feedback)), 0.4)
+    assert estimator._loss_lost == 105 and estimator._loss_total == 110
+
+
+def test_a_late_arrival_still_resolves_a_reported_loss():
+    estimator = _estimator_with_history(10)
+    lost = TransportCcFeedback(
+        0, 0, 0, [PacketResult(i, i != 4, None if i == 4 else 1_000 * i) for i in range(10)]
+    )
+    estimator.on_feedback(parse_transport_cc(bytes(lost)), 0.1)
+    assert estimator._loss_lost == 1
+    late = TransportCcFeedback(4, 0, 1, [PacketResult(4, True, 20_000)])
+    estimator.on_feedback(parse_transport_cc(bytes(late)), 0.2)
+    assert estimator._loss_lost == 0 and estimator._loss_total == 10

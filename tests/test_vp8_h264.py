@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu.rtp.h264 import is_h264_keyframe
+from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
 from sfu.rtp.packet import payload_offset
 from sfu.rtp.vp8 import (
     Vp8Descriptor,
@@ -260,6 +260,116 @@ def test_is_h264_keyframe(hex_payload, expected):
 @given(st.binary(max_size=40))
 def test_h264_fuzz(data):
     assert isinstance(is_h264_keyframe(data), bool)
+    size = h264_key_frame_size(data)
+    assert size is None or (size[0] > 0 and size[1] > 0)
+
+
+class BitWriter:
+    """Writes an SPS the way H.264 section 7.3.2.1.1 lays it out (for the parser's tests)."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def u(self, count: int, value: int) -> None:
+        self.bits += [(value >> (count - 1 - i)) & 1 for i in range(count)]
+
+    def ue(self, value: int) -> None:
+        code = value + 1
+        self.u(2 * code.bit_length() - 1, code)
+
+    def se(self, value: int) -> None:
+        self.ue(2 * value - 1 if value > 0 else -2 * value)
+
+    def nal(self) -> bytes:
+        bits = self.bits + [1] + [0] * (-(len(self.bits) + 1) % 8)  # rbsp trailing bits
+        data = bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits), 8))
+        escaped = bytearray([0x67])
+        zeros = 0
+        for byte in data:
+            if zeros >= 2 and byte <= 3:
+                escaped.append(3)  # emulation prevention
+                zeros = 0
+            escaped.append(byte)
+            zeros = zeros + 1 if byte == 0 else 0
+        return bytes(escaped)
+
+
+def high_profile_sps(frame_mbs_only: int) -> bytes:
+    """1920x1080 High 4:2:0: scaling lists, POC type 1, cropping at the bottom."""
+    w = BitWriter()
+    w.u(8, 100)  # profile_idc: High
+    w.u(8, 0)
+    w.u(8, 40)  # level 4.0
+    w.ue(0)  # sps id
+    w.ue(1)  # chroma_format_idc 4:2:0
+    w.ue(0)
+    w.ue(0)
+    w.u(1, 0)
+    w.u(1, 1)  # seq_scaling_matrix_present_flag
+    for index in range(8):
+        w.u(1, index in (0, 6))
+        if index in (0, 6):
+            for _ in range(16 if index < 6 else 64):
+                w.se(1)
+    w.ue(0)  # log2_max_frame_num_minus4
+    w.ue(1)  # pic_order_cnt_type
+    w.u(1, 0)
+    w.se(-2)
+    w.se(3)
+    w.ue(2)
+    w.se(1)
+    w.se(-1)
+    w.ue(4)  # max_num_ref_frames
+    w.u(1, 0)
+    w.ue(120 - 1)  # 1920 / 16
+    w.ue((68 if frame_mbs_only else 34) - 1)  # 1088 lines: 68 macroblock rows
+    w.u(1, frame_mbs_only)
+    if not frame_mbs_only:
+        w.u(1, 0)
+    w.u(1, 1)
+    w.u(1, 1)  # frame_cropping_flag
+    w.ue(0)
+    w.ue(0)
+    w.ue(0)
+    w.ue(4 if frame_mbs_only else 2)  # 8 lines off the bottom
+    w.u(1, 0)  # vui_parameters_present_flag
+    return w.nal()
+
+
+# Chromium 156's OpenH264 SPS of the q, h and f layers (from their STAP-A key frames).
+CHROME_SPS = {
+    (160, 120): "6742c00c8c8d41422f2cd41818181e1108d400",
+    (320, 240): "6742c0158c8d40a0f9350606060784423500",
+    (640, 480): "6742c01f8c8d40501ed35060606078442350",
+}
+
+
+@pytest.mark.parametrize(("size", "sps"), CHROME_SPS.items())
+def test_h264_key_frame_size_of_chromes_layers(size, sps):
+    nal = bytes.fromhex(sps)
+    stap_a = bytes([24, 0, len(nal)]) + nal + bytes.fromhex("0004 68ce3c80")
+    assert h264_key_frame_size(stap_a) == size
+    assert h264_key_frame_size(nal) == size, "a single NAL unit packet"
+
+
+@pytest.mark.parametrize("frame_mbs_only", [1, 0])
+def test_h264_key_frame_size_of_a_high_profile_sps(frame_mbs_only):
+    sps = high_profile_sps(frame_mbs_only)
+    assert h264_key_frame_size(sps) == (1920, 1080)
+    assert h264_key_frame_size(sps[:12]) is None, "truncated"
+
+
+@pytest.mark.parametrize(
+    "hex_payload",
+    [
+        "7c 85 888400",  # an IDR fragment carries no SPS
+        "78 0004 68ce3c80",  # a STAP-A with only a PPS
+        "67",  # an SPS with nothing in it
+        "67 42c01f 00000000 00000000",  # an exp-Golomb code longer than 32 bits
+    ],
+)
+def test_h264_key_frame_size_without_a_usable_sps(hex_payload):
+    assert h264_key_frame_size(bytes.fromhex(hex_payload)) is None
 
 
 @pytest.mark.parametrize(

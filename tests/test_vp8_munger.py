@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sfu.rtp.vp8 import Vp8Descriptor
-from sfu.vp8_munger import PICTURE_REORDER_WINDOW, Vp8Munger, temporal_layer
+from sfu.vp8_munger import PICTURE_REORDER_WINDOW, Vp8Munger
 
 BODY = b"\x10\x02\x00\x9d\x01\x2a"
 
@@ -179,17 +179,3 @@ def test_switch_to_a_layer_without_picture_id_passes_through() -> None:
     munger.switch(packet(7))
     munger.switch(packet(None))
     assert munger.rewrite(packet(9)) == packet(9)
-
-
-@pytest.mark.parametrize(
-    ("payload", "expected"),
-    [
-        (packet(1, tid=0), 0),
-        (packet(1, tl0=3, tid=2), 2),
-        (packet(1), None),
-        (b"\x90\x80", None),
-        (b"", None),
-    ],
-)
-def test_temporal_layer(payload: bytes, expected: int | None) -> None:
-    assert temporal_layer(payload) == expected

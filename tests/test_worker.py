@@ -112,7 +112,8 @@ async def test_chrome_simulcast_publish_learns_layers_by_mid_and_rid(worker):
     assert {s.rid for s in producer.streams.values()} == {"q", "h", "f"}
     # RTX (payload type 97, apt 96) with a repaired RID is bound but not forwarded.
     alice._on_publish_rtp(chrome_packet(0x101, 97, 1, "1", rrid="q"))
-    assert 0x101 not in producer.streams and alice._ssrc_table[0x101][1] is None
+    assert 0x101 not in producer.streams
+    assert alice.demultiplexer.repaired(0x101) == (producer, producer.streams[0x100])
     # Audio by MID only.
     alice._on_publish_rtp(chrome_packet(0x400, 111, 1, "0", payload=b"opus"))
     assert 0x400 in alice.producers["0"].streams
@@ -122,6 +123,42 @@ async def test_chrome_simulcast_publish_learns_layers_by_mid_and_rid(worker):
         build_rtp_packet(payload_type=96, sequence_number=2, timestamp=1, ssrc=0x300)
     )
     assert stats.packets_received == 2
+
+
+async def test_rtx_copy_of_a_packet_that_arrived_is_dropped_unseen(worker):
+    """libwebrtc probes with RTX copies of packets it has just sent ("payload
+    padding"). Such a copy must not count towards its layer's bitrate (the allocator
+    would think the layer costs several times what it does) nor reach subscribers (its
+    sequence number is one they have: their SRTP replay check drops it, after the SFU
+    spent a transport-wide sequence number on it, so their transport-cc reports it
+    lost). An RTX packet that repairs a missing packet still gets through."""
+    await join(worker, "PA_a")
+    await worker.publish_offer(
+        "PA_a",
+        PublishOfferMessage(
+            sdp=offer("chrome-simulcast-offer.sdp"), tracks={"1": TrackInfo(source="camera")}
+        ),
+    )
+    alice = worker.participants["PA_a"]
+    producer = alice.producers["1"]
+    for seq in (1, 2, 4):  # 3 is lost
+        alice._on_publish_rtp(chrome_packet(0x100, 96, seq, "1", rid="q"))
+    stream = producer.streams[0x100]
+    assert stream.nack.missing == [3]
+    received = stream.statistics.packets_received
+    vp8 = b"\x10\x00\x9d\x01\x2a"
+
+    for rtx_seq, original in enumerate((2, 1, 4), start=1):
+        copy = original.to_bytes(2, "big") + vp8
+        alice._on_publish_rtp(chrome_packet(0x101, 97, rtx_seq, "1", rrid="q", payload=copy))
+    assert stream.statistics.packets_received == received
+    assert producer.padding_dropped == 3
+
+    repair = (3).to_bytes(2, "big") + vp8
+    alice._on_publish_rtp(chrome_packet(0x101, 97, 4, "1", rrid="q", payload=repair))
+    assert stream.statistics.packets_received == received + 1
+    assert stream.nack.missing == []
+    assert producer.padding_dropped == 3
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,9 @@ on every track, lets it settle, then measures over ``--duration`` seconds:
 
 Unless ``--server`` is given, the runner starts ``python -m sfu serve`` itself and stops
 it at the end. Tokens are minted locally with the ``SFU_API_KEY``/``SFU_API_SECRET``
-settings (the development defaults unless set), so that publishers get publish-only and
-subscribers subscribe-only grants: a server given with ``--server`` must share them.
+settings (the development defaults unless set; the spawned server runs with ``--dev``),
+so that publishers get publish-only and subscribers subscribe-only grants: a server
+given with ``--server`` must share them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from sfu.access_token import mint_token
 from sfu.bench.loadgen import (
     LoadSpec,
     LoadStats,
@@ -60,7 +62,6 @@ from sfu.bench.loadgen import (
 )
 from sfu.bench.media import SIMULCAST_CLIPS, Clip, ClipParameters, is_cached, load_clip
 from sfu.config import Settings
-from signaling.auth import mint_token
 
 STARTUP_TIMEOUT = 30.0
 """Seconds for a spawned server to answer /healthz."""
@@ -233,6 +234,7 @@ def _spawned_server(ice_address: str) -> Iterator[_Server]:
         str(port),
         "--ice-address",
         ice_address,
+        "--dev",  # the tokens are minted with the development defaults
         "--log-level",
         "warning",
     ]

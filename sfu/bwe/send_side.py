@@ -52,7 +52,7 @@ from sfu.rtp.seqnum import SEQUENCE_NUMBER_BITS, WrapAroundExtender
 from sfu.rtp.transport_feedback import (
     REFERENCE_TIME_BITS,
     REFERENCE_TIME_TICK_US,
-    TransportCcFeedback,
+    TransportCcReport,
 )
 
 RateControlState = Literal["increase", "hold", "decrease"]
@@ -363,6 +363,8 @@ class SendSideBandwidthEstimator:
         self._sequence_extender = WrapAroundExtender(SEQUENCE_NUMBER_BITS)
         self._reference_extender = WrapAroundExtender(REFERENCE_TIME_BITS)
         self._sent: list[_SentPacket | None] = [None] * SEND_HISTORY_PACKETS
+        self._reported_through = -1
+        """The highest extended sequence number a feedback has covered so far."""
         self._media_sent: deque[tuple[float, int]] = deque()
         self._media_sent_bytes = 0
 
@@ -456,8 +458,16 @@ class SendSideBandwidthEstimator:
             self._media_sent.append((now, size))
             self._media_sent_bytes += size
 
-    def on_feedback(self, feedback: TransportCcFeedback, now: float) -> None:
-        """Process one transport-cc feedback received at ``now``."""
+    def on_feedback(self, feedback: TransportCcReport, now: float) -> None:
+        """Process one transport-cc feedback received at ``now``.
+
+        It costs time in proportion to what was sent, not to what the feedback claims:
+        its received packets are bounded by its size (:class:`TransportCcReport`), and
+        its losses are applied only to packets in the send history that no earlier
+        feedback covered (above :attr:`_reported_through`), so however many feedback
+        packets declare the whole history lost, each sent packet is visited once. A
+        loss reported out of order, behind a later feedback, is not counted (libwebrtc
+        reports each packet once, in order)."""
         self._now = now
         self._last_feedback = now
         reference = self._reference_extender.update(feedback.reference_time & 0xFFFFFF)
@@ -465,39 +475,48 @@ class SendSideBandwidthEstimator:
         highest = self._sequence_extender.highest
         if highest is None:
             return
+        delta = (feedback.base_sequence - highest) & _SEQUENCE_MASK  # seqnum.diff
+        if delta >= _SEQUENCE_HALF:
+            delta -= _SEQUENCE_MASK + 1
+        base = highest + delta
         received: list[tuple[int, _SentPacket, float]] = []
         sent = self._sent
         probe = self._probe
         probe_id = probe.probe_id if probe is not None else None
         resolved = probe_resolved = 0
         # Per reported packet (every packet to every subscriber): calls inlined, counts
-        # applied after the loop.
-        for result in feedback.packets:
-            delta = (result.sequence_number - highest) & _SEQUENCE_MASK  # seqnum.diff
-            if delta >= _SEQUENCE_HALF:
-                delta -= _SEQUENCE_MASK + 1
-            extended = highest + delta
+        # applied after the loops.
+        for offset, arrival_us in feedback.received:
+            extended = base + offset
             packet = sent[extended & _HISTORY_MASK]
             if packet is None or packet.sequence != extended:
                 continue
             state = packet.state
-            arrival_us = result.arrival_time_us
-            if arrival_us is None:
-                if state != _PENDING:
-                    continue
-                packet.state = _LOST
-                self._loss_lost += 1
-            elif state == _RECEIVED:
+            if state == _RECEIVED:
                 continue
-            else:
-                packet.state = _RECEIVED
-                received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
-                if state == _LOST:  # reported lost before, resolved then
-                    self._loss_lost = max(self._loss_lost - 1, 0)
-                    continue
+            packet.state = _RECEIVED
+            received.append((extended, packet, (arrival_us + offset_us) / 1_000_000))
+            if state == _LOST:  # reported lost before, resolved then
+                self._loss_lost = max(self._loss_lost - 1, 0)
+                continue
             resolved += 1
             if packet.probe_id is not None and packet.probe_id == probe_id:
                 probe_resolved += 1
+        first = max(base, self._reported_through + 1, highest - SEND_HISTORY_PACKETS + 1)
+        last = min(base + feedback.status_count - 1, highest)
+        lost = 0
+        for extended in range(first, last + 1):
+            packet = sent[extended & _HISTORY_MASK]
+            if packet is None or packet.sequence != extended or packet.state != _PENDING:
+                continue  # received (above), or resolved by an earlier feedback
+            packet.state = _LOST
+            lost += 1
+            if packet.probe_id is not None and packet.probe_id == probe_id:
+                probe_resolved += 1
+        if last > self._reported_through:
+            self._reported_through = last
+        self._loss_lost += lost
+        resolved += lost
         received.sort(key=_first)
         if resolved:
             if self._loss_window_start is None:

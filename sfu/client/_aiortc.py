@@ -8,8 +8,16 @@ soon as two receivers share a payload type, and drop the packets.
 
 from __future__ import annotations
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.sdp import SessionDescription
+
+PRIVATE_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (RTCDtlsTransport, "_rtp_router"),
+    (RTCRtpReceiver, "_RTCRtpReceiver__rtx_ssrc"),
+)
+"""The private instance attributes read and written here (checked by
+``tests/test_private_seams.py``)."""
 
 
 def route_offered_ssrcs(pc: RTCPeerConnection, offer_sdp: str) -> None:

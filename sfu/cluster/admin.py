@@ -1,4 +1,4 @@
-"""The room administration API behind ``/api/rooms``: list, remove, mute.
+"""The room administration API behind ``/api/rooms``: list, remove, mute, record.
 
 :class:`LocalAdmin` acts on one in-process worker (the embedded server, and each
 worker of a cluster when a node asks it over the bus); the cluster router
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from sfu.protocol import ErrorCode, ErrorMessage, Participant
+from sfu.protocol import ErrorCode, ErrorMessage, Participant, RecordingInfo
 from sfu.worker import Worker
 from sfu.worker_api import ProtocolError
 
@@ -40,6 +40,18 @@ class RoomAdmin(Protocol):
 
     async def mute_track(self, room: str, participant_id: str, track_id: str, muted: bool) -> None:
         """Mark a published track (un)muted for the other participants."""
+        ...
+
+    async def start_recording(self, room: str, track_id: str | None) -> RecordingInfo:
+        """Record one track, or every track of the room (``track_id`` None); see
+        :mod:`sfu.recording.manager`."""
+        ...
+
+    async def list_recordings(self, room: str) -> list[RecordingInfo]: ...
+
+    async def stop_recording(self, room: str, recording_id: str | None) -> list[RecordingInfo]:
+        """Stop one recording (every one of the room when ``recording_id`` is None);
+        returns them with their finished files."""
         ...
 
 
@@ -88,3 +100,12 @@ class LocalAdmin:
         participant = self._participant_in(room, participant_id)
         producer = participant.mute(track_id, muted)
         participant.room.track_muted(producer)
+
+    async def start_recording(self, room: str, track_id: str | None) -> RecordingInfo:
+        return await self._worker.recordings.start(room, track_id)
+
+    async def list_recordings(self, room: str) -> list[RecordingInfo]:
+        return self._worker.recordings.list(room)
+
+    async def stop_recording(self, room: str, recording_id: str | None) -> list[RecordingInfo]:
+        return await self._worker.recordings.stop(room, recording_id)

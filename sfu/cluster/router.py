@@ -39,10 +39,11 @@ from sfu.protocol import (
     Participant,
     PublishAnswerMessage,
     PublishOfferMessage,
+    RecordingInfo,
     ServerMessage,
     SubscribeAnswerMessage,
 )
-from sfu.worker_api import EventSink, Grant, ProtocolError
+from sfu.worker_api import EventSink, Grant, HttpSession, HttpSessionOffer, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,50 @@ class ClusterRouter:
             await self._rpc.call(local.worker_id, "leave", participant_id=participant_id)
         finally:
             await self._forget(participant_id)
+
+    # --- WHIP / WHEP ------------------------------------------------------------------
+    #
+    # An HTTP session has no socket, so no node holds it: its id names the worker
+    # (``<worker id>.<the worker's session id>``) and any node carries its PATCH and
+    # DELETE there. The worker's part of the id is the secret that allows them.
+
+    async def open_http_session(self, grant: Grant, offer: HttpSessionOffer) -> HttpSession:
+        for _attempt in range(2):
+            worker_id = await self._place(grant.room)
+            try:
+                result = await self._rpc.call(
+                    worker_id,
+                    "http_open",
+                    grant=dataclasses.asdict(grant),
+                    offer=dataclasses.asdict(offer),
+                )
+            except WorkerGone:
+                logger.warning("worker %s is gone; placing %s again", worker_id, grant.room)
+                with contextlib.suppress(BackendUnavailable):
+                    await self.backend.evict_worker(worker_id)
+                continue
+            session = HttpSession(**result)
+            return dataclasses.replace(session, session_id=f"{worker_id}.{session.session_id}")
+        raise ProtocolError(ErrorCode.WORKER_UNAVAILABLE, "no media worker answered")
+
+    async def _http_call(self, session_id: str, method: str, **params: Any) -> None:
+        worker_id, _, local = session_id.rpartition(".")
+        if not worker_id or not local or len(worker_id) > 128 or not worker_id.isprintable():
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session (it may have ended)")
+        try:
+            await self._rpc.call(worker_id, method, session_id=local, **params)
+        except WorkerGone:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SESSION, "no such session (its media worker is gone)"
+            ) from None
+
+    async def patch_http_session(
+        self, session_id: str, fragment: str, if_match: str | None
+    ) -> None:
+        await self._http_call(session_id, "http_patch", fragment=fragment, if_match=if_match)
+
+    async def close_http_session(self, session_id: str) -> None:
+        await self._http_call(session_id, "http_close")
 
     async def _forget(self, participant_id: str) -> None:
         with contextlib.suppress(BackendUnavailable):
@@ -431,6 +476,23 @@ class ClusterRouter:
             track_id=track_id,
             muted=muted,
         )
+
+    async def start_recording(self, room: str, track_id: str | None) -> RecordingInfo:
+        worker_id = await self._room_worker(room)
+        found = await self._rpc.call(worker_id, "start_recording", room=room, track_id=track_id)
+        return RecordingInfo.model_validate(found)
+
+    async def list_recordings(self, room: str) -> list[RecordingInfo]:
+        worker_id = await self._room_worker(room)
+        found = await self._rpc.call(worker_id, "recordings", room=room)
+        return [RecordingInfo.model_validate(r) for r in found]
+
+    async def stop_recording(self, room: str, recording_id: str | None) -> list[RecordingInfo]:
+        worker_id = await self._room_worker(room)
+        found = await self._rpc.call(
+            worker_id, "stop_recording", room=room, recording_id=recording_id
+        )
+        return [RecordingInfo.model_validate(r) for r in found]
 
     async def drain_worker(self, worker_id: str, timeout: float | None) -> None:
         await self._rpc.call(worker_id, "drain", timeout=timeout)

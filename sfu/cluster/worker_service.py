@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from sfu.protocol import (
     client_message_adapter,
 )
 from sfu.worker import Worker
-from sfu.worker_api import Grant, ProtocolError
+from sfu.worker_api import Grant, HttpSessionOffer, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,35 @@ class WorkerService:
                     bool(params["muted"]),
                 )
                 return None
+            case "http_open":
+                return await self._open_http_session(params)
+            case "http_patch":
+                if_match = params.get("if_match")
+                await self.worker.patch_http_session(
+                    str(params["session_id"]),
+                    str(params["fragment"]),
+                    None if if_match is None else str(if_match),
+                )
+                return None
+            case "http_close":
+                # The room's lease lapses on its own once it is empty (not renewed).
+                await self.worker.close_http_session(str(params["session_id"]))
+                return None
+            case "start_recording":
+                track_id = params.get("track_id")
+                info = await self.admin.start_recording(
+                    str(params["room"]), str(track_id) if track_id is not None else None
+                )
+                return info.model_dump(mode="json")
+            case "recordings":
+                found = await self.admin.list_recordings(str(params["room"]))
+                return [r.model_dump(mode="json") for r in found]
+            case "stop_recording":
+                recording_id = params.get("recording_id")
+                stopped = await self.admin.stop_recording(
+                    str(params["room"]), str(recording_id) if recording_id is not None else None
+                )
+                return [r.model_dump(mode="json") for r in stopped]
             case "drain":
                 timeout = params.get("timeout")
                 self.drain(float(timeout) if timeout is not None else None)
@@ -279,6 +309,16 @@ class WorkerService:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{message.type} is not a worker request")
         result = await method(str(params["participant_id"]), message)
         return result.model_dump(mode="json") if result is not None else None
+
+    async def _open_http_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A WHIP/WHEP session: no node owns it, so the orphan sweep leaves it alone;
+        it ends on DELETE, on transport failure or when idle (sfu/http_session.py)."""
+        if self.draining:
+            raise ProtocolError(ErrorCode.WORKER_UNAVAILABLE, "the media worker is draining")
+        grant = Grant(**params["grant"])
+        offer = HttpSessionOffer(**params["offer"])
+        session = await self.worker.open_http_session(grant, offer)
+        return dataclasses.asdict(session)
 
     def _resume(self, participant_id: str, node_id: str) -> dict[str, Any]:
         participant = self.worker.participants.get(participant_id)

@@ -4,8 +4,8 @@
   plain-int counters of the media objects (nothing on the packet path).
 - :mod:`sfu.metrics.signaling`: WebSocket connections, errors by code, Redis round
   trips and errors.
-- :mod:`sfu.metrics.http`: the ``/metrics`` body and a standalone server for a process
-  without an HTTP app.
+- :mod:`sfu.metrics.exposition`: the ``/metrics`` body (served by the signaling app,
+  or by :mod:`sfu.app.metrics_server` in a process without one).
 
 The README's Operations section lists every metric; ``grafana/`` holds dashboards
 whose queries ``tests/test_dashboards.py`` evaluates against a real Prometheus.
@@ -13,11 +13,11 @@ whose queries ``tests/test_dashboards.py`` evaluates against a real Prometheus.
 
 from prometheus_client import disable_created_metrics
 
-from sfu.metrics.http import metrics_app, metrics_server, render
+from sfu.metrics.exposition import render
 from sfu.metrics.worker import WorkerMetrics
 
 # ``_created`` series (one per counter and histogram) double what Prometheus stores and
 # no dashboard reads them.
 disable_created_metrics()
 
-__all__ = ["WorkerMetrics", "metrics_app", "metrics_server", "render"]
+__all__ = ["WorkerMetrics", "render"]

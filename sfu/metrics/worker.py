@@ -18,10 +18,9 @@ observation per subscriber (RTT, bandwidth), per published stream (jitter) or pe
 consumer (loss) and tick, so their quantiles are over participant-seconds. They are
 plain-int histograms too, exported by the same collector.
 
-Attributes read with a default because another part of the SFU adds them:
-``Consumer.layer_switches`` and ``Consumer.spatial_layer`` (simulcast layer
-selection), ``Participant.estimated_bitrate`` (the subscriber's bandwidth estimate,
-bits per second) and ``RtpStream.nacks_sent`` (NACK generation towards publishers).
+The layer a video consumer forwards comes from its room's router
+(:class:`sfu.router.Forwarding`). ``Worker.recordings`` (:mod:`sfu.recording`) is
+read with a default: a stand-in worker may have none.
 """
 
 from __future__ import annotations
@@ -39,10 +38,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sfu.ice_tcp import CLOSE_REASONS
+from sfu.recording.manager import FINISH_REASONS
+from sfu.udp_mux import DROP_REASONS
+
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
     from sfu.participant import Participant
     from sfu.producer import Producer, RtpStream
+    from sfu.router import Forwarding
     from sfu.worker import Worker
 
 SAMPLE_INTERVAL = 1.0
@@ -73,10 +77,21 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "sfu_rtp_dropped_packets": (
         "Incoming packets dropped, by reason (srtp: failed authentication, "
-        "malformed_rtp, malformed_rtcp, unroutable: no stream for the SSRC)",
+        "malformed_rtp, malformed_rtcp, unroutable: no stream for the SSRC, "
+        "padding: bandwidth probes, i.e. padding-only packets and RTX copies of "
+        "packets already received)",
         "reason",
     ),
     "sfu_rtcp_feedback_received": ("RTCP feedback from subscribers, by type", "type"),
+    "sfu_rtcp_dropped_packets": (
+        "RTCP compounds dropped unhandled, by reason (budget: the participant's RTCP had "
+        "used its rtcp_budget of event-loop time this second)",
+        "reason",
+    ),
+    "sfu_rtp_retransmissions_over_budget": (
+        "NACKed packets not resent because the consumer's retransmission rate was used up",
+        "kind",
+    ),
     "sfu_rtcp_feedback_sent": ("RTCP feedback sent to publishers, by type", "type"),
     "sfu_layer_switches": ("Simulcast layer switches of consumers", ""),
     "sfu_transport_errors": (
@@ -84,13 +99,55 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "in a packet handler)",
         "type",
     ),
+    "sfu_ice_dropped_packets": (
+        "Packets the media ports dropped, by reason: datagrams the single UDP port "
+        "routed to no ICE connection (unknown_address: not STUN, from an address no "
+        "connection owns; unknown_ufrag: a STUN request naming no connection; "
+        "unknown_transaction: a STUN response to no request; malformed_stun), and "
+        "tcp_queue_full: an ICE-TCP packet to a stream whose send queue is full",
+        "reason",
+    ),
+    "sfu_ice_tcp_closed_connections": (
+        "ICE-TCP streams the worker closed, by reason (bad_frame_length, unknown_ufrag, "
+        "malformed_stun, timeout: first or incomplete frame too slow, or idle; "
+        "per_ip_limit, connection_limit)",
+        "reason",
+    ),
+    "sfu_periodic_work_failures": (
+        "Exceptions in the worker's periodic work (a participant's raises it out of the "
+        "room: see the log)",
+        "",
+    ),
+    "sfu_recordings_finished": (
+        "Recorded files finished, by reason (stopped, track_ended, room_closed, disk_full, "
+        "error, shutdown)",
+        "reason",
+    ),
+    "sfu_recorded_bytes": ("Bytes of finished recorded files", ""),
+    "sfu_recording_frames_lost": (
+        "Frames not written to recordings (packets lost, waiting for a key frame, disk too slow)",
+        "",
+    ),
 }
 COUNTER_LABELS: dict[str, tuple[str, ...]] = {
-    "sfu_rtp_dropped_packets": ("srtp", "malformed_rtp", "malformed_rtcp", "unroutable"),
+    "sfu_rtp_dropped_packets": (
+        "srtp",
+        "malformed_rtp",
+        "malformed_rtcp",
+        "unroutable",
+        "padding",
+    ),
     "sfu_rtcp_feedback_received": ("nack", "pli", "fir"),
+    "sfu_rtcp_dropped_packets": ("budget",),
     "sfu_rtcp_feedback_sent": ("nack", "pli"),
     "sfu_layer_switches": ("",),
     "sfu_transport_errors": ("send", "handler"),
+    "sfu_ice_dropped_packets": DROP_REASONS,
+    "sfu_ice_tcp_closed_connections": CLOSE_REASONS,
+    "sfu_periodic_work_failures": ("",),
+    "sfu_recordings_finished": FINISH_REASONS,
+    "sfu_recorded_bytes": ("",),
+    "sfu_recording_frames_lost": ("",),
 }
 """Label values exported even at zero, so that every series exists from the start."""
 
@@ -182,11 +239,12 @@ def _stream_counts(kind: str, stream: RtpStream) -> Iterator[tuple[CounterKey, i
     yield ("sfu_rtp_received_bytes", kind), statistics.bytes_received
     yield ("sfu_rtp_lost_packets", kind), max(0, statistics.packets_lost)
     yield ("sfu_rtcp_feedback_sent", "pli"), stream.key_frames.requests_sent
-    yield ("sfu_rtcp_feedback_sent", "nack"), getattr(stream, "nacks_sent", 0)
 
 
 def _producer_counts(producer: Producer) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtp_dropped_packets", "malformed_rtp"), producer.packets_dropped
+    yield ("sfu_rtp_dropped_packets", "padding"), producer.padding_dropped
+    yield ("sfu_rtcp_feedback_sent", "nack"), producer.nacks_sent
 
 
 def _consumer_counts(consumer: Consumer) -> Iterator[tuple[CounterKey, int]]:
@@ -194,20 +252,26 @@ def _consumer_counts(consumer: Consumer) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtp_sent_packets", kind), consumer.packets_sent
     yield ("sfu_rtp_sent_bytes", kind), consumer.octets_sent
     yield ("sfu_rtp_retransmitted_packets", kind), consumer.retransmissions
+    yield ("sfu_rtp_retransmissions_over_budget", kind), consumer.retransmissions_over_budget
     yield ("sfu_rtcp_feedback_received", "nack"), consumer.nacks_received
     yield ("sfu_rtcp_feedback_received", "pli"), consumer.plis_received
     yield ("sfu_rtcp_feedback_received", "fir"), consumer.firs_received
-    yield ("sfu_layer_switches", ""), getattr(consumer, "layer_switches", 0)
+    yield ("sfu_layer_switches", ""), consumer.layer_switches
 
 
 def _participant_counts(participant: Participant) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtp_dropped_packets", "unroutable"), participant.packets_unroutable
     yield ("sfu_rtp_dropped_packets", "malformed_rtcp"), participant.rtcp_errors
+    yield ("sfu_rtcp_dropped_packets", "budget"), participant.rtcp_budget.dropped
     for transport in (participant.publish, participant.subscribe):
         if transport is not None:
             yield ("sfu_rtp_dropped_packets", "srtp"), transport.session.srtp_errors
             yield ("sfu_transport_errors", "send"), transport.session.send_errors
             yield ("sfu_transport_errors", "handler"), transport.handler_errors
+
+
+def _worker_counts(worker: Worker) -> Iterator[tuple[CounterKey, int]]:
+    yield ("sfu_periodic_work_failures", ""), worker.tick_failures
 
 
 CountFunction = Callable[[Any], Iterator[tuple[CounterKey, int]]]
@@ -256,7 +320,9 @@ class WorkerMetrics:
     # --- walking the worker ----------------------------------------------------------
 
     def _walk(self) -> dict[int, tuple[Any, CountFunction]]:
-        live: dict[int, tuple[Any, CountFunction]] = {}
+        live: dict[int, tuple[Any, CountFunction]] = {
+            id(self.worker): (self.worker, _worker_counts)
+        }
         for participant in self.worker.participants.values():
             live[id(participant)] = (participant, _participant_counts)
             for producer in participant.producers.values():
@@ -288,6 +354,13 @@ class WorkerMetrics:
         for obj, counts in live.values():
             for key, value in counts(obj):
                 current[key] += value
+        recordings = getattr(self.worker, "recordings", None)
+        if recordings is not None:
+            for reason, count in recordings.finished_total.items():
+                current[("sfu_recordings_finished", reason)] += count
+            current[("sfu_recorded_bytes", "")] += recordings.bytes_total
+            current[("sfu_recording_frames_lost", "")] += recordings.frames_lost_total
+        current.update(self.worker.ice_drops())
         for name, values in COUNTER_LABELS.items():
             for value in values:
                 current[(name, value)] += 0
@@ -303,7 +376,12 @@ class WorkerMetrics:
         participants = list(self.worker.participants.values())
         result: Counter[CounterKey] = Counter()
         result[("sfu_rooms", "")] = len(self.worker.rooms)
+        result[("sfu_rtcp_slowest_compound_seconds", "")] = max(
+            (p.rtcp_budget.slowest for p in participants), default=0.0
+        )
         result[("sfu_participants", "")] = len(participants)
+        recordings = getattr(self.worker, "recordings", None)
+        result[("sfu_recordings", "")] = recordings.active if recordings is not None else 0
         result[("sfu_publishers", "")] = sum(1 for p in participants if p.producers)
         for kind in KINDS:
             result[("sfu_producers", kind)] += 0
@@ -316,7 +394,8 @@ class WorkerMetrics:
             for consumer in participant.consumers():
                 result[("sfu_consumers", consumer.kind)] += 1
                 if consumer.kind == "video":
-                    result[("sfu_video_consumers", _layer(consumer))] += 1
+                    layer = _layer(consumer, participant.room.router.forwarding(consumer))
+                    result[("sfu_video_consumers", layer)] += 1
         capacity = getattr(self.worker.settings, "capacity", DEFAULT_CAPACITY)
         result[("sfu_worker_capacity_participants", "")] = capacity
         result[("sfu_worker_load_ratio", "")] = len(participants) / capacity if capacity else 0
@@ -353,7 +432,7 @@ class WorkerMetrics:
                     histograms[("sfu_subscriber_loss_ratio", consumer.kind)].observe(
                         consumer.fraction_lost / 256
                     )
-            bitrate = getattr(participant, "estimated_bitrate", None)
+            bitrate = participant.estimated_bitrate
             if bitrate:
                 histograms[("sfu_subscriber_estimated_bandwidth_bytes_per_second", "")].observe(
                     bitrate / 8
@@ -380,14 +459,15 @@ class WorkerMetrics:
             self._join_done.add(key)  # joined an empty room: no join latency to measure
 
 
-def _layer(consumer: Consumer) -> str:
-    """The label of the layer a video consumer forwards (bounded: single/paused/0-2)."""
+def _layer(consumer: Consumer, forwarding: Forwarding | None) -> str:
+    """The label of the layer a video consumer forwards (bounded: single, paused, 0-2,
+    or none while it waits for a key frame)."""
     if consumer.paused:
         return "paused"
     if not consumer.producer.simulcast:
         return "single"
-    layer = getattr(consumer, "spatial_layer", None)
-    return "unknown" if layer is None else str(layer)
+    layer = None if forwarding is None else forwarding.current_layer
+    return "none" if layer is None else str(layer)
 
 
 GAUGES: dict[str, tuple[str, str]] = {
@@ -402,6 +482,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     ),
     "sfu_worker_capacity_participants": ("Participants this worker is sized for", ""),
     "sfu_worker_load_ratio": ("Participants divided by capacity", ""),
+    "sfu_recordings": ("Tracks being recorded (files being written)", ""),
+    "sfu_rtcp_slowest_compound_seconds": (
+        "CPU seconds of the event loop the slowest RTCP compound of a current participant took",
+        "",
+    ),
 }
 
 

@@ -2,8 +2,8 @@
 
 :class:`RtpHeader` is the validating, object-building parser. The module-level helpers
 (:func:`payload_offset`, :func:`read_header_extensions`,
-:func:`read_payload_and_extensions`, :func:`rewrite_header`) are for
-the forwarding hot path: they build no header object and touch only the bytes they need.
+:func:`read_payload_and_extensions`) are for the forwarding hot path: they build no
+header object and touch only the bytes they need.
 All parsers accept ``bytes``, ``bytearray`` or ``memoryview`` and raise ``ValueError``
 on malformed input.
 """
@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
 MAX_CSRC_COUNT = 15
+RTP_PADDING_BIT = 0x20
+"""The P bit of the first octet (RFC 3550 §5.1): the last octet of the packet counts the
+padding octets at its end, itself included."""
 
 ONE_BYTE_PROFILE = 0xBEDE
 """RFC 8285 §4.2 one-byte header extension profile."""
@@ -34,7 +37,6 @@ RTCP_PACKET_TYPE_MAX = 223
 
 _FIXED_HEADER = struct.Struct("!BBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
-_REWRITE = struct.Struct("!BHII")
 _CSRC = struct.Struct("!I")
 
 
@@ -75,7 +77,7 @@ def _layout(data: bytes) -> tuple[int, int, int, int]:
                 f"beyond the {size}-byte packet"
             )
     padding = 0
-    if first & 0x20:
+    if first & RTP_PADDING_BIT:
         padding = data[-1]
         if padding == 0:
             raise ValueError("RTP padding bit is set but the padding count is 0")
@@ -137,7 +139,11 @@ def payload_offset(data: bytes) -> int:
 
 def read_payload_and_extensions(data: bytes) -> tuple[int, dict[int, bytes]]:
     """Validate ``data`` as an RTP packet once and return where its payload starts and
-    its RFC 8285 extensions by id (what a forwarder needs of every packet)."""
+    its RFC 8285 extensions by id (what a forwarder needs of every packet).
+
+    The payload ends at the end of ``data``, unless the P bit is set: then the padding
+    count ``data[-1]`` is known to be 1 .. the bytes after the header, and the payload
+    ends that many bytes earlier (possibly where it starts: a padding-only packet)."""
     profile, start, end, _ = _layout(data)
     if profile < 0:
         return end, {}
@@ -150,28 +156,6 @@ def read_header_extensions(data: bytes) -> dict[int, bytes]:
     Empty when the packet has no extension or a profile other than one-/two-byte.
     """
     return read_payload_and_extensions(data)[1]
-
-
-def rewrite_header(
-    buf: bytearray, payload_type: int, sequence_number: int, timestamp: int, ssrc: int
-) -> None:
-    """Overwrite payload type, sequence number, timestamp and SSRC in place.
-
-    The marker bit is kept. Sequence number and timestamp are taken modulo their widths,
-    so a forwarder may pass unwrapped counters.
-    """
-    if len(buf) < RTP_HEADER_SIZE:
-        raise ValueError(f"RTP packet is {len(buf)} bytes, shorter than the 12-byte fixed header")
-    if not 0 <= payload_type <= 127:
-        raise ValueError(f"payload type {payload_type} is not in 0..127")
-    _REWRITE.pack_into(
-        buf,
-        1,
-        (buf[1] & 0x80) | payload_type,
-        sequence_number & 0xFFFF,
-        timestamp & 0xFFFFFFFF,
-        ssrc,
-    )
 
 
 def _encode_extensions(extensions: Mapping[int, bytes]) -> tuple[int, bytes]:
@@ -224,7 +208,7 @@ def build_rtp_packet(
         raise ValueError(f"padding length {padding_length} is not in 0..255")
     first = (RTP_VERSION << 6) | len(csrc_list)
     if padding_length:
-        first |= 0x20
+        first |= RTP_PADDING_BIT
     extension = b""
     if extensions:
         profile, elements = _encode_extensions(extensions)
@@ -288,7 +272,7 @@ class RtpHeader:
             ssrc=ssrc,
             marker=bool(second & 0x80),
             version=first >> 6,
-            padding=bool(first & 0x20),
+            padding=bool(first & RTP_PADDING_BIT),
             extension=bool(first & 0x10),
             csrcs=csrcs,
             extension_profile=max(profile, 0),

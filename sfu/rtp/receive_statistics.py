@@ -58,6 +58,11 @@ class ReceiveStatistics:
         self._last_transit = transit
         return extended
 
+    @property
+    def highest_sequence(self) -> int:
+        """The highest extended sequence number received so far."""
+        return self._highest_sequence
+
     def add_sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
         self.last_sender_report = SenderInfo(ntp_timestamp, rtp_timestamp, now)
 

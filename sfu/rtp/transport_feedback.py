@@ -195,27 +195,128 @@ class _ChunkWriter:
         return chunk
 
 
-def _parse_chunk(chunk: int, remaining: int, offset: int, statuses: list[int]) -> None:
-    """Append the statuses of one chunk at byte ``offset``, at most ``remaining`` of them."""
-    if not chunk & 0x8000:
-        symbol = (chunk >> 13) & 0x3
-        if symbol == STATUS_RESERVED:
+@dataclass(slots=True)
+class TransportCcReport:
+    """What one transport-cc FCI says, with its losses left implicit.
+
+    ``received`` holds ``(offset, arrival_time_us)`` in FCI order: the packet
+    ``(base_sequence + offset) % 65536`` arrived at ``arrival_time_us`` (as in
+    :class:`PacketResult`); every other offset below ``status_count`` was reported not
+    received. A run length chunk declares up to 8191 statuses in 2 bytes, but every
+    received packet costs at least one delta byte: so ``received`` is no longer than
+    the FCI, and :func:`parse_transport_cc` runs in time proportional to the FCI's size
+    whatever its status count says (expanding a hostile 28-byte FCI of 65,535 statuses
+    into one object each cost 33-77 ms).
+    """
+
+    base_sequence: int
+    status_count: int
+    reference_time: int
+    """Signed 24-bit, in multiples of 64 ms."""
+    feedback_count: int
+    received: list[tuple[int, int]]
+
+
+def _chunk_symbols(chunk: int, remaining: int, offset: int) -> list[int]:
+    """The symbols of a vector chunk at byte ``offset``, at most ``remaining`` of them."""
+    if not chunk & 0x4000:
+        used = min(ONE_BIT_VECTOR_CAPACITY, remaining)
+        return [(chunk >> (13 - index)) & 0x1 for index in range(used)]
+    used = min(TWO_BIT_VECTOR_CAPACITY, remaining)
+    symbols = [(chunk >> (12 - 2 * index)) & 0x3 for index in range(used)]
+    if STATUS_RESERVED in symbols:
+        raise ValueError(
+            f"transport-cc 2-bit status vector chunk at byte {offset} "
+            f"uses the reserved status 3 in symbol {symbols.index(STATUS_RESERVED)}"
+        )
+    return symbols
+
+
+def parse_transport_cc(fci: bytes) -> TransportCcReport:
+    """Parse a transport-cc FCI in time proportional to its size (see
+    :class:`TransportCcReport`); malformed FCIs raise ``ValueError``.
+
+    First pass over the chunks: runs stay ``(symbol, length)``, vectors become their few
+    symbols, and the delta bytes they need are added up, so that a truncated FCI is
+    rejected before anything is expanded. Second pass: only received packets are
+    visited, each reading its delta.
+    """
+    size = len(fci)
+    if size < FIXED_SIZE:
+        raise ValueError(f"transport-cc FCI is {size} bytes, its fixed part needs 8")
+    base, count, word = _FIXED.unpack_from(fci, 0)
+    if count == 0:
+        raise ValueError("transport-cc feedback has a packet status count of 0")
+
+    chunks: list[tuple[int, int] | list[int]] = []
+    covered = 0
+    delta_bytes = 0
+    pos = FIXED_SIZE
+    while covered < count:
+        if pos + 2 > size:
             raise ValueError(
-                f"transport-cc run length chunk at byte {offset} uses the reserved status 3"
+                f"transport-cc packet chunk at byte {pos} is truncated "
+                f"after {covered} of {count} statuses"
             )
-        statuses.extend([symbol] * min(chunk & MAX_RUN_LENGTH, remaining))
-    elif not chunk & 0x4000:
-        for index in range(min(ONE_BIT_VECTOR_CAPACITY, remaining)):
-            statuses.append((chunk >> (13 - index)) & 0x1)
-    else:
-        for index in range(min(TWO_BIT_VECTOR_CAPACITY, remaining)):
-            symbol = (chunk >> (12 - 2 * index)) & 0x3
+        chunk = _CHUNK.unpack_from(fci, pos)[0]
+        if chunk & 0x8000:
+            symbols = _chunk_symbols(chunk, count - covered, pos)
+            chunks.append(symbols)
+            covered += len(symbols)
+            delta_bytes += symbols.count(STATUS_SMALL_DELTA) + 2 * symbols.count(STATUS_LARGE_DELTA)
+        else:
+            symbol = (chunk >> 13) & 0x3
             if symbol == STATUS_RESERVED:
                 raise ValueError(
-                    f"transport-cc 2-bit status vector chunk at byte {offset} "
-                    f"uses the reserved status 3 in symbol {index}"
+                    f"transport-cc run length chunk at byte {pos} uses the reserved status 3"
                 )
-            statuses.append(symbol)
+            length = min(chunk & MAX_RUN_LENGTH, count - covered)
+            chunks.append((symbol, length))
+            covered += length
+            delta_bytes += symbol * length  # 0, 1 or 2 bytes per status
+        pos += 2
+    if pos + delta_bytes > size:
+        raise ValueError(
+            f"transport-cc receive deltas need {delta_bytes} bytes from byte {pos}, "
+            f"the FCI has {size - pos}"
+        )
+    if size - pos - delta_bytes > 3:
+        raise ValueError(
+            f"transport-cc FCI has {size - pos - delta_bytes} bytes after its receive deltas, "
+            "more than 3 bytes of padding"
+        )
+
+    reference_time = _to_signed_reference_time(word >> 8)
+    origin_us = reference_time * REFERENCE_TIME_TICK_US
+    received: list[tuple[int, int]] = []
+    ticks = 0
+    offset = 0
+    for entry in chunks:
+        if isinstance(entry, tuple):
+            symbol, length = entry
+            if symbol == STATUS_SMALL_DELTA:
+                for index in range(offset, offset + length):
+                    ticks += fci[pos]
+                    pos += 1
+                    received.append((index, origin_us + ticks * DELTA_TICK_US))
+            elif symbol == STATUS_LARGE_DELTA:
+                for index in range(offset, offset + length):
+                    ticks += _LARGE_DELTA.unpack_from(fci, pos)[0]
+                    pos += 2
+                    received.append((index, origin_us + ticks * DELTA_TICK_US))
+            offset += length
+            continue
+        for symbol in entry:
+            if symbol == STATUS_SMALL_DELTA:
+                ticks += fci[pos]
+                pos += 1
+                received.append((offset, origin_us + ticks * DELTA_TICK_US))
+            elif symbol == STATUS_LARGE_DELTA:
+                ticks += _LARGE_DELTA.unpack_from(fci, pos)[0]
+                pos += 2
+                received.append((offset, origin_us + ticks * DELTA_TICK_US))
+            offset += 1
+    return TransportCcReport(base, count, reference_time, word & 0xFF, received)
 
 
 @dataclass
@@ -236,59 +337,20 @@ class TransportCcFeedback:
 
     @classmethod
     def parse(cls, fci: bytes) -> TransportCcFeedback:
-        size = len(fci)
-        if size < FIXED_SIZE:
-            raise ValueError(f"transport-cc FCI is {size} bytes, its fixed part needs 8")
-        base, count, word = _FIXED.unpack_from(fci, 0)
-        if count == 0:
-            raise ValueError("transport-cc feedback has a packet status count of 0")
-        reference_time = _to_signed_reference_time(word >> 8)
-
-        statuses: list[int] = []
-        pos = FIXED_SIZE
-        while len(statuses) < count:
-            if pos + 2 > size:
-                raise ValueError(
-                    f"transport-cc packet chunk at byte {pos} is truncated "
-                    f"after {len(statuses)} of {count} statuses"
-                )
-            _parse_chunk(_CHUNK.unpack_from(fci, pos)[0], count - len(statuses), pos, statuses)
-            pos += 2
-
-        ticks = 0
-        origin_us = reference_time * REFERENCE_TIME_TICK_US
-        packets: list[PacketResult] = []
-        for index, status in enumerate(statuses):
-            sequence_number = (base + index) & 0xFFFF
-            if status == STATUS_NOT_RECEIVED:
-                packets.append(PacketResult(sequence_number, False))
-                continue
-            if status == STATUS_SMALL_DELTA:
-                if pos + 1 > size:
-                    raise ValueError(
-                        f"transport-cc small delta of packet {sequence_number} at byte {pos} "
-                        "is truncated"
-                    )
-                ticks += fci[pos]
-                pos += 1
-            else:
-                if pos + 2 > size:
-                    raise ValueError(
-                        f"transport-cc large delta of packet {sequence_number} at byte {pos} "
-                        "is truncated"
-                    )
-                ticks += _LARGE_DELTA.unpack_from(fci, pos)[0]
-                pos += 2
-            packets.append(PacketResult(sequence_number, True, origin_us + ticks * DELTA_TICK_US))
-        if size - pos > 3:
-            raise ValueError(
-                f"transport-cc FCI has {size - pos} bytes after its receive deltas, "
-                "more than 3 bytes of padding"
-            )
+        """Parse an FCI into one :class:`PacketResult` per status: up to 65,535 objects
+        from a few bytes, so for feedback the caller trusts (tests, tools); the SFU's
+        estimator takes :func:`parse_transport_cc` instead."""
+        report = parse_transport_cc(fci)
+        arrivals = dict(report.received)
+        base = report.base_sequence
+        packets = []
+        for index in range(report.status_count):
+            arrival = arrivals.get(index)
+            packets.append(PacketResult((base + index) & 0xFFFF, arrival is not None, arrival))
         return cls(
             base_sequence=base,
-            reference_time=reference_time,
-            feedback_count=word & 0xFF,
+            reference_time=report.reference_time,
+            feedback_count=report.feedback_count,
             packets=packets,
         )
 

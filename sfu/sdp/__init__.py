@@ -20,10 +20,13 @@ from sfu.sdp.negotiation import (
     PublishedMedia,
     SctpParameters,
     accepted_data_channel,
+    bundle_transport,
     create_publish_answer,
     create_subscribe_offer,
     default_outgoing_codecs,
+    outgoing_codecs_for,
     parse_subscribe_answer,
+    subscribe_offer_section,
 )
 
 __all__ = [
@@ -44,8 +47,11 @@ __all__ = [
     "SsrcGroup",
     "TransportInfo",
     "accepted_data_channel",
+    "bundle_transport",
     "create_publish_answer",
     "create_subscribe_offer",
     "default_outgoing_codecs",
+    "outgoing_codecs_for",
     "parse_subscribe_answer",
+    "subscribe_offer_section",
 ]

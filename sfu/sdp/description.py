@@ -26,14 +26,27 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int | None]] = {
 }
 
 _MEDIA_FLAGS = {
+    "bundle-only": "bundle_only",
     "rtcp-mux": "rtcp_mux",
     "rtcp-rsize": "rtcp_rsize",
     "extmap-allow-mixed": "extmap_allow_mixed",
     "end-of-candidates": "end_of_candidates",
 }
 
+MAX_INTEGER_DIGITS = 20
+"""The longest number SDP may carry here: a 64-bit session id has 20 digits. Longer
+digit strings are refused before ``int()``, whose cost grows with the length."""
+MAX_LINES = 2500
+"""Lines one description may have. Parsing costs 2-4 us a line: 2,500 lines bound it
+near 8 ms, where a 64 KiB message of short lines would take 16 ms. Real descriptions
+stay far below: 100-180 lines per browser offer, and about 1,900 lines of browser
+SDP already fill the signaling's 64 KiB message limit."""
+MAX_QUOTED = 80
+"""Characters of an offending line or value quoted in an error message."""
+
 _LINE = re.compile(r"[a-z]=")
 _DIGITS = re.compile(r"[0-9]+")
+_PAYLOAD_TYPE_DIGITS = re.compile(r"[0-9]{1,3}")
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 _RID_ID = re.compile(r"[A-Za-z0-9_-]+")
 _RTPMAP = re.compile(r"([^/\s]+)/([0-9]+)(?:/([0-9]+))?")
@@ -53,8 +66,15 @@ class SdpError(ValueError):
         if line_number is not None:
             message = f"line {line_number}: {reason}"
             if line is not None:
-                message += f": {line!r}"
+                message += f": {quoted(line)}"
         super().__init__(message)
+
+
+def quoted(text: str) -> str:
+    """``repr(text)``, cut to :data:`MAX_QUOTED` characters: errors echo client input."""
+    if len(text) <= MAX_QUOTED:
+        return repr(text)
+    return repr(text[:MAX_QUOTED]) + f"... ({len(text)} characters)"
 
 
 @dataclass
@@ -80,7 +100,9 @@ class Codec:
     def apt(self) -> int | None:
         """The payload type an rtx codec retransmits, or None."""
         value = self.parameters.get("apt")
-        return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+        if value is None or not _PAYLOAD_TYPE_DIGITS.fullmatch(value):
+            return None
+        return int(value)
 
     @property
     def is_rtx(self) -> bool:
@@ -158,6 +180,8 @@ class MediaSection:
     extmap_allow_mixed: bool = False
     sctp_port: int | None = None
     max_message_size: int | None = None
+    bundle_only: bool = False
+    """a=bundle-only (RFC 8843): port 0, yet offered for the BUNDLE group only."""
     attributes: list[tuple[str, str | None]] = field(default_factory=list)
     """Attributes not modelled above, as (name, value) in document order."""
 
@@ -216,17 +240,16 @@ class SessionDescription:
     media: list[MediaSection] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str) -> SessionDescription:
-        return _Parser(text).parse()
+    def parse(cls, text: str, max_media: int | None = None) -> SessionDescription:
+        """Parse ``text``; more than ``max_media`` m= sections is an error, raised as
+        soon as the one too many starts."""
+        return _Parser(text, max_media).parse()
 
     def __str__(self) -> str:
         return "".join(line + "\r\n" for line in _session_lines(self))
 
     def media_by_mid(self, mid: str) -> MediaSection | None:
         return next((m for m in self.media if m.mid == mid), None)
-
-    def bundle_group_of(self, mid: str) -> list[str] | None:
-        return next((g for g in self.bundle_groups if mid in g), None)
 
     def transport(self, media: MediaSection) -> TransportInfo:
         """ICE/DTLS parameters for ``media``, falling back to the session level."""
@@ -299,8 +322,9 @@ class _PendingMedia:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_media: int | None = None) -> None:
         self.text = text
+        self.max_media = max_media
         self.line_number = 0
         self.line = ""
         self.last_content_line = 0
@@ -313,7 +337,9 @@ class _Parser:
 
     def integer(self, value: str, what: str) -> int:
         if not _DIGITS.fullmatch(value):
-            raise self.error(f"{what} is not a non-negative integer: {value!r}")
+            raise self.error(f"{what} is not a non-negative integer: {quoted(value)}")
+        if len(value) > MAX_INTEGER_DIGITS:
+            raise self.error(f"{what} has {len(value)} digits; at most {MAX_INTEGER_DIGITS}")
         return int(value)
 
     def payload_type(self, value: str) -> int:
@@ -342,6 +368,8 @@ class _Parser:
     def parse(self) -> SessionDescription:
         if not self.text.strip():
             raise SdpError("empty session description", 1)
+        if self.text.count("\n") >= MAX_LINES:
+            raise SdpError(f"more than {MAX_LINES} lines")
         lines = self.lines()
         line_type, value = next(lines)
         if (line_type, value.strip()) != ("v", "0"):
@@ -406,6 +434,8 @@ class _Parser:
     def start_media(self, value: str) -> None:
         if self.current is not None:
             self.finished.append(self.current)
+        if self.max_media is not None and len(self.finished) >= self.max_media:
+            raise self.error(f"more than {self.max_media} m= sections")
         parts = value.split()
         if len(parts) < 4:
             raise self.error("m= needs <media> <port> <proto> <fmt> ...")
@@ -423,7 +453,9 @@ class _Parser:
     def session_attribute(self, session: SessionDescription, value: str) -> None:
         name, arg = _split_attribute(value)
         if name == "group" and arg is not None:
-            semantics, *mids = arg.split()
+            semantics, *mids = arg.split() or [""]
+            if not _TOKEN.fullmatch(semantics):
+                raise self.error("group needs '<semantics> <mid> ...'")
             if semantics == "BUNDLE":
                 self.group_lines.append((self.line_number, self.line, mids))
                 session.bundle_groups.append(mids)
@@ -534,8 +566,8 @@ class _Parser:
             raise self.error("rtpmap needs '<pt> <name>/<clock rate>[/<channels>]'")
         if pt in pending.rtpmaps:
             raise self.error(f"a second a=rtpmap for payload type {pt}")
-        channels = int(match[3]) if match[3] is not None else None
-        pending.rtpmaps[pt] = (match[1], int(match[2]), channels)
+        channels = self.integer(match[3], "channels") if match[3] is not None else None
+        pending.rtpmaps[pt] = (match[1], self.integer(match[2], "clock rate"), channels)
 
     def parse_fmtp(self, pending: _PendingMedia, arg: str) -> bool:
         pt_text, _, parameters = arg.partition(" ")
@@ -567,7 +599,7 @@ class _Parser:
         match = _EXTMAP.fullmatch(arg.strip())
         if match is None:
             raise self.error("extmap needs '<id>[/<direction>] <uri> [<attributes>]'")
-        ext_id = int(match[1])
+        ext_id = self.integer(match[1], "extmap id")
         if not (1 <= ext_id <= 255 or 4096 <= ext_id <= 4351):
             raise self.error(f"extmap id {ext_id} is out of range")
         if any(ext.id == ext_id for ext in section.header_extensions):
@@ -581,7 +613,7 @@ class _Parser:
         if len(parts) < 2 or not _RID_ID.fullmatch(parts[0]) or parts[1] not in ("send", "recv"):
             raise self.error("rid needs '<rid-id> send|recv [<restrictions>]'")
         if any(rid.id == parts[0] for rid in section.rids):
-            raise self.error(f"a second a=rid with id {parts[0]}")
+            raise self.error(f"a second a=rid with id {quoted(parts[0])}")
         section.rids.append(Rid(parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
 
     def parse_simulcast(self, section: MediaSection, arg: str) -> None:
@@ -591,7 +623,7 @@ class _Parser:
         simulcast = Simulcast()
         for direction, streams in zip(parts[::2], parts[1::2], strict=True):
             if direction not in ("send", "recv") or getattr(simulcast, direction):
-                raise self.error(f"bad simulcast direction {direction!r}")
+                raise self.error(f"bad simulcast direction {quoted(direction)}")
             target: list[list[str]] = getattr(simulcast, direction)
             for stream in streams.split(";"):
                 alternatives: list[str] = []
@@ -599,7 +631,7 @@ class _Parser:
                     paused = rid.startswith("~")
                     rid = rid.removeprefix("~")
                     if not _RID_ID.fullmatch(rid):
-                        raise self.error(f"bad rid {rid!r} in simulcast")
+                        raise self.error(f"bad rid {quoted(rid)} in simulcast")
                     if paused:
                         simulcast.paused.add(rid)
                     alternatives.append(rid)
@@ -630,15 +662,17 @@ class _Parser:
                     )
                 continue
             if mid in seen:
-                raise SdpError(f"duplicate mid {mid!r}", pending.mid_line)
+                raise SdpError(f"duplicate mid {quoted(mid)}", pending.mid_line)
             seen.add(mid)
         grouped: set[str] = set()
         for line_number, line, mids in self.group_lines:
             for mid in mids:
                 if mid not in seen:
-                    raise SdpError(f"BUNDLE group names unknown mid {mid!r}", line_number, line)
+                    raise SdpError(
+                        f"BUNDLE group names unknown mid {quoted(mid)}", line_number, line
+                    )
                 if mid in grouped:
-                    raise SdpError(f"mid {mid!r} is in two BUNDLE groups", line_number, line)
+                    raise SdpError(f"mid {quoted(mid)} is in two BUNDLE groups", line_number, line)
                 grouped.add(mid)
 
 
@@ -719,6 +753,8 @@ def _media_lines(media: MediaSection) -> Iterator[str]:
         yield f"a=candidate:{candidate}"
     if media.end_of_candidates:
         yield "a=end-of-candidates"
+    if media.bundle_only:
+        yield "a=bundle-only"
     yield from _transport_lines(media)
     if media.mid is not None:
         yield f"a=mid:{media.mid}"

@@ -8,6 +8,7 @@ offers, and it expects ``a=setup:active`` back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from sfu.sdp.description import (
@@ -19,6 +20,8 @@ from sfu.sdp.description import (
     SessionDescription,
     Simulcast,
     SsrcGroup,
+    TransportInfo,
+    quoted,
 )
 
 RTP_PROTOCOL = "UDP/TLS/RTP/SAVPF"
@@ -39,6 +42,9 @@ SCTP_MAX_MESSAGE_SIZE = 262144
 relay's own, smaller limit is enforced on top, with an error the sender can read."""
 REMOTE_DEFAULT_MAX_MESSAGE_SIZE = 65536
 """What to assume when an offer has no a=max-message-size (RFC 8841 section 6)."""
+MAX_SSRCS_PER_SECTION = 16
+"""SSRCs an accepted m= section may declare: each becomes a receive stream. Browsers
+declare at most six (three simulcast layers and their rtx)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class OutgoingMedia:
     stream_id: str
     track_id: str
     active: bool = True
+    rejected: bool = False
+    """The subscriber rejected this m-line (port 0 in its answer): it stays rejected,
+    port 0 and outside the BUNDLE group (RFC 8843 section 7.3.3), and is never reused."""
 
 
 @dataclass
@@ -153,6 +162,29 @@ def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
             Codec(102, "H264", 90000, parameters=h264_parameters, rtcp_feedback=list(feedback)),
             Codec(103, "rtx", 90000, parameters={"apt": "102"}),
         ]
+    return codecs
+
+
+H264_STREAM_PARAMETERS = ("profile-level-id", "packetization-mode")
+"""H.264 fmtp parameters that describe the stream itself: a subscriber offered the
+track must be told the publisher's values, since it receives the publisher's bits."""
+
+
+def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> list[Codec]:
+    """What to offer a subscriber for a track the publisher sends in ``codec``: the
+    server's payload type for that codec and its rtx (RFC 4588: NACKs are answered on
+    the consumer's RTX stream); for H.264 with the publisher's profile and
+    packetization mode (a subscriber answers the profile it can decode, and one offered
+    constrained baseline should not get, say, High)."""
+    defaults = default_outgoing_codecs(kind, allow_h264)
+    codecs = [c for c in defaults if c.name.lower() == codec.name.lower()]
+    primary = {c.payload_type for c in codecs}
+    codecs += [c for c in defaults if c.is_rtx and c.apt in primary]
+    for ours in codecs:
+        if ours.name.upper() == "H264":
+            for name in H264_STREAM_PARAMETERS:
+                if name in codec.parameters:
+                    ours.parameters[name] = codec.parameters[name]
     return codecs
 
 
@@ -254,6 +286,11 @@ def _set_transport(section: MediaSection, local: LocalTransport, setup: str) -> 
 def _published_media(
     offered: MediaSection, mid: str, codecs: list[Codec], extensions: list[HeaderExtension]
 ) -> PublishedMedia:
+    if len(offered.ssrcs) > MAX_SSRCS_PER_SECTION:
+        raise SdpError(
+            f"mid {quoted(mid)} declares {len(offered.ssrcs)} SSRCs;"
+            f" at most {MAX_SSRCS_PER_SECTION}"
+        )
     rtx_ssrc = {
         group.ssrcs[0]: group.ssrcs[1]
         for group in offered.ssrc_groups
@@ -289,7 +326,6 @@ def _answer_application(
     """Accept a WebRTC data channel section (SCTP over the bundled DTLS transport)."""
     if not (
         bundled
-        and offered.port != 0
         and offered.protocol in DATA_CHANNEL_PROTOCOLS
         and DATA_CHANNEL_FORMAT in offered.formats
         and offered.mid is not None
@@ -339,7 +375,6 @@ def _answer_media(
     acceptable = (
         bundled
         and offered.kind in ("audio", "video")
-        and offered.port != 0
         and offered.direction in ("sendonly", "sendrecv")
         and offered.rtcp_mux
         and offered.mid is not None
@@ -372,6 +407,19 @@ def _answer_media(
     return answer, published
 
 
+def _bundled(offered: MediaSection, bundle: list[str]) -> bool:
+    """Whether ``offered`` joins the BUNDLE transport.
+
+    A port of 0 rejects or disables an m= section (RFC 3264 sections 6 and 8.2), except
+    with a=bundle-only (RFC 8843 section 6): a max-bundle offerer (JSEP, RFC 8829;
+    Firefox) writes every m= section but the offerer-tagged one, the group's first,
+    that way. The offerer-tagged one carries the BUNDLE address: it needs a real port.
+    """
+    if offered.mid not in bundle:
+        return False
+    return offered.port != 0 or (offered.bundle_only and offered.mid != bundle[0])
+
+
 def create_publish_answer(
     offer: SessionDescription, local: LocalTransport, allow_h264: bool = False
 ) -> tuple[SessionDescription, list[PublishedMedia]]:
@@ -379,8 +427,9 @@ def create_publish_answer(
     section, reject everything else.
 
     Only m= sections in the offer's first BUNDLE group are accepted (the server runs one
-    transport per peer connection). The answer's origin reuses the offer's session id and
-    version, which keeps the answer deterministic and its version increasing.
+    transport per peer connection), bundle-only ones included. The answer's origin
+    reuses the offer's session id and version, which keeps the answer deterministic and
+    its version increasing.
     """
     if not offer.bundle_groups:
         raise SdpError("the offer has no BUNDLE group; the server requires BUNDLE")
@@ -394,7 +443,7 @@ def create_publish_answer(
     )
     published: list[PublishedMedia] = []
     for offered in offer.media:
-        section, media = _answer_media(offered, local, offered.mid in bundle, allow_h264)
+        section, media = _answer_media(offered, local, _bundled(offered, bundle), allow_h264)
         answer.media.append(section)
         if media is not None:
             published.append(media)
@@ -405,10 +454,42 @@ def create_publish_answer(
     return answer, published
 
 
+def bundle_transport(offer: SessionDescription, answer: SessionDescription) -> TransportInfo:
+    """The publisher's ICE and DTLS parameters for the BUNDLE transport ``answer`` accepted.
+
+    They are the offerer-tagged m= section's (RFC 8843), with the
+    candidates of every accepted section: a max-bundle offer has them only on the
+    first, an offer written without max-bundle may spread them.
+    """
+    if not answer.bundle_groups:
+        raise SdpError("the answer accepted no m= section")
+    bundle = offer.bundle_groups[0]
+    tagged = offer.media_by_mid(bundle[0])
+    accepted = [offer.media_by_mid(mid) for mid in answer.bundle_groups[0]]
+    sections = [m for m in (tagged, *accepted) if m is not None]
+    info = offer.transport(sections[0])
+    info.candidates = list(dict.fromkeys(c for m in sections for c in m.candidates))
+    info.end_of_candidates = any(m.end_of_candidates for m in sections)
+    return info
+
+
 # Subscribe side: offer to the browser and read its answer.
 
 
-def _outgoing_section(media: OutgoingMedia, local: LocalTransport) -> MediaSection:
+def subscribe_offer_section(media: OutgoingMedia, local: LocalTransport) -> MediaSection:
+    """One m= section of a subscribe offer. From one offer to the next only the
+    sections whose track changed differ: a caller may keep the others (and their text)
+    and pass them to :func:`create_subscribe_offer` again."""
+    if media.rejected:
+        return MediaSection(
+            kind=media.kind,
+            port=0,
+            protocol=RTP_PROTOCOL,
+            formats=[str(media.codecs[0].payload_type)],
+            mid=media.mid,
+            direction="inactive",
+            host="0.0.0.0",
+        )
     section = MediaSection(
         kind=media.kind,
         port=9,
@@ -434,23 +515,32 @@ def _outgoing_section(media: OutgoingMedia, local: LocalTransport) -> MediaSecti
 
 
 def create_subscribe_offer(
-    local: LocalTransport, media: list[OutgoingMedia], session_id: int, session_version: int
+    local: LocalTransport,
+    media: Sequence[OutgoingMedia | MediaSection],
+    session_id: int,
+    session_version: int,
 ) -> SessionDescription:
-    """Offer a subscriber every outgoing m= section in one BUNDLE group.
+    """Offer a subscriber every outgoing m= section in one BUNDLE group; an entry may
+    be a section :func:`subscribe_offer_section` built for an earlier offer.
 
-    Inactive sections keep their mid and BUNDLE membership so they can be reused later.
+    Inactive sections keep their mid and BUNDLE membership so they can be reused later;
+    rejected ones are left out of the group.
     """
-    mids = [m.mid for m in media]
-    if len(set(mids)) != len(mids):
+    sections = [
+        m if isinstance(m, MediaSection) else subscribe_offer_section(m, local) for m in media
+    ]
+    mids = [section.mid for section in sections if section.mid is not None]
+    if len(set(mids)) != len(sections):
         raise SdpError(f"duplicate mids in outgoing media: {mids}")
+    bundle = [section.mid for section in sections if section.mid is not None and section.port]
     return SessionDescription(
         session_id=session_id,
         session_version=session_version,
         ice_lite=local.ice_lite,
-        bundle_groups=[mids] if mids else [],
+        bundle_groups=[bundle] if bundle else [],
         msid_semantic="WMS *",
         extmap_allow_mixed=True,
-        media=[_outgoing_section(m, local) for m in media],
+        media=sections,
     )
 
 
@@ -461,7 +551,7 @@ def _negotiated_codecs(offered: MediaSection, answered: MediaSection) -> list[Co
         if ours is None or ours.mime_type.lower() != codec.mime_type.lower():
             raise SdpError(
                 f"mid {answered.mid!r}: the answer uses payload type {codec.payload_type}"
-                f" ({codec.mime_type}) which was not offered"
+                f" ({quoted(codec.mime_type)}) which was not offered"
             )
         codecs.append(codec)
     return codecs
@@ -472,7 +562,7 @@ def _negotiated_extensions(offered: MediaSection, answered: MediaSection) -> dic
     for ext in answered.header_extensions:
         if ours.get(ext.uri) != ext.id:
             raise SdpError(
-                f"mid {answered.mid!r}: the answer maps {ext.uri} to id {ext.id},"
+                f"mid {answered.mid!r}: the answer maps {quoted(ext.uri)} to id {ext.id},"
                 " which does not match the offer"
             )
     return answered.header_extension_ids()
@@ -485,7 +575,9 @@ def parse_subscribe_answer(
     answer_mids = [m.mid for m in answer.media]
     offer_mids = [m.mid for m in offer.media]
     if answer_mids != offer_mids:
-        raise SdpError(f"the answer's mids {answer_mids} do not match the offer's {offer_mids}")
+        raise SdpError(
+            f"the answer's mids {quoted(str(answer_mids))} do not match the offer's {offer_mids}"
+        )
     negotiated: dict[str, NegotiatedMedia] = {}
     for offered, answered in zip(offer.media, answer.media, strict=True):
         if offered.mid is None:
@@ -497,7 +589,7 @@ def parse_subscribe_answer(
             setup = answer.transport(answered).setup
             if setup != "active":
                 raise SdpError(
-                    f"mid {offered.mid!r}: the answer has a=setup:{setup}; the server"
+                    f"mid {offered.mid!r}: the answer has a=setup:{quoted(setup or '')}; the server"
                     " is always the DTLS server and needs a=setup:active"
                 )
         negotiated[offered.mid] = NegotiatedMedia(

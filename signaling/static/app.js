@@ -1,81 +1,225 @@
-// Entry point of the demo page: join form and URL parameters, wiring a Session
-// (signaling.js) to the DOM (ui.js), and `window.sfu` for tests and debugging.
+// The demo page: the join form and URL parameters, a Room of the browser client
+// (sdk/pysfu.js: every bit of signaling and WebRTC) wired to the DOM (ui.js, the
+// tiles' quality selectors in quality.js, the chat panel in chat.js), and
+// `window.sfu` for tests and debugging.
 //
 // URL parameters: ?room=R&name=N joins directly; the camera is published with
 // simulcast unless &simulcast=0; &publish=0 joins without publishing (watch only);
-// &identity=I picks the identity put in the dev token (random by default).
+// &identity=I picks the identity put in the dev token (random by default);
+// &codec=h264 publishes the camera in H.264 only (what Safari prefers);
+// &relay=1 sends media through the TURN server only (iceTransportPolicy "relay").
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";
 import { VideoQuality } from "./quality.js";
-import { Session, fetchDevToken } from "./signaling.js";
+import { Room, RoomEvent, fetchDevToken } from "./sdk/pysfu.js";
 import { Ui } from "./ui.js";
 
-// ?relay=1: ICE through the TURN server only (iceTransportPolicy "relay"), to test TURN.
-const relayOnly = flag(new URLSearchParams(window.location.search).get("relay"));
+const params = new URLSearchParams(window.location.search);
+const initial = {
+  room: params.get("room") || "",
+  name: params.get("name") || "",
+  simulcast: params.get("simulcast") === null || flag(params.get("simulcast")),
+  publish: params.get("publish") === null || flag(params.get("publish")),
+  identity: params.get("identity"),
+  codec: params.get("codec") ? params.get("codec").toUpperCase() : null,
+  relay: flag(params.get("relay")),
+};
+const server = window.location.origin;
 const ui = new Ui();
 const quality = new VideoQuality(ui.tiles);
-let session = null;
+/** @type {Room|null} */
+let room = null;
+/** The status bar's text, and its last error (for tests and debugging). */
+let statusText = "";
+let lastError = null;
 /** Data messages and errors this page received (for tests and debugging). */
 const dataMessages = [];
 const dataErrors = [];
-
-function sendData(data, options = {}) {
-  return session && session.data ? session.data.send(data, options) : false;
-}
-
-const chat = new ChatPanel((text) => sendData({ text }, { topic: CHAT_TOPIC }));
 
 function flag(value) {
   return value !== null && !["", "0", "false", "no", "off"].includes(value.toLowerCase());
 }
 
-function randomSuffix() {
-  return Math.random().toString(36).slice(2, 8);
-}
-
 function identityFor(name) {
   const base = name.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "");
-  return `${base || "guest"}-${randomSuffix()}`;
+  return `${base || "guest"}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+function setStatus(text, level = "info") {
+  statusText = text;
+  if (level === "error") lastError = text;
+  ui.setStatus(text, level);
+}
+
+function sendData(data, options = {}) {
+  return room ? room.data.send(data, options) : false;
+}
+
+const chat = new ChatPanel((text) => sendData({ text }, { topic: CHAT_TOPIC }));
+
+/** Show what `current` reports, for as long as it is this page's room. */
+function wire(current, { room: roomName, name, simulcast }) {
+  const on = (type, handler) =>
+    current.addEventListener(type, (event) => {
+      if (room === current) handler(event);
+    });
+  const showTile = ({ participant }) => ui.upsertParticipant(participant);
+  on(RoomEvent.PARTICIPANT_JOINED, ({ participant }) => {
+    ui.upsertParticipant(participant);
+    quality.attach(participant.participant_id);
+  });
+  on(RoomEvent.PARTICIPANT_UPDATED, showTile);
+  on(RoomEvent.TRACK_PUBLISHED, showTile);
+  on(RoomEvent.TRACK_MUTED, showTile);
+  on(RoomEvent.TRACK_UNPUBLISHED, ({ participant }) => {
+    ui.upsertParticipant(participant);
+    ui.setUndecodable(participant, [...participant.undecodable.values()]);
+  });
+  on(RoomEvent.PARTICIPANT_LEFT, ({ participant }) => {
+    quality.detach(participant.participant_id);
+    ui.removeParticipant(participant.participant_id);
+  });
+  on(RoomEvent.TRACK_SUBSCRIBED, ({ participant }) => {
+    ui.updateMedia(participant);
+    quality.sync(); // the tile's preferences for its new track
+  });
+  on(RoomEvent.TRACK_UNSUBSCRIBED, ({ participant }) => ui.updateMedia(participant));
+  on(RoomEvent.TRACK_UNDECODABLE, ({ participant, codec }) => {
+    setStatus(`cannot decode ${participant.name}'s ${codec}`);
+    ui.setUndecodable(participant, [...participant.undecodable.values()]);
+  });
+  on(RoomEvent.ACTIVE_SPEAKERS, ({ participantIds }) =>
+    ui.setActiveSpeakers(participantIds, current.participantId),
+  );
+  on(RoomEvent.LOCAL_STREAM, ({ stream }) => ui.setLocalStream(stream));
+  on(RoomEvent.DATA, ({ message }) => {
+    dataMessages.push(message);
+    if (message.topic === CHAT_TOPIC && typeof message.data?.text === "string") {
+      chat.add(message.from.name || message.from.identity, message.data.text);
+    }
+  });
+  on(RoomEvent.DATA_ERROR, ({ error }) => {
+    dataErrors.push({ code: error.code, message: error.detail, id: error.id });
+    chat.add("", `not delivered: ${error.detail}`, "system");
+  });
+  on(RoomEvent.ERROR, (event) => setStatus(`error ${event.code}: ${event.error.detail}`, "error"));
+  on(RoomEvent.RECONNECTING, ({ mode }) =>
+    setStatus(mode === "resume" ? "connection lost, resuming…" : `joining ${roomName} again…`),
+  );
+  on(RoomEvent.RECONNECTED, ({ resumed }) =>
+    setStatus(resumed ? `resumed in room ${roomName}` : `joined room ${roomName} again`),
+  );
+  on(RoomEvent.DISCONNECTED, ({ reason, error }) => {
+    room = null;
+    quality.stop();
+    ui.showJoin({ room: roomName, name, simulcast });
+    if (reason === "left") setStatus(`left ${roomName}`);
+    else setStatus(error ? error.message : "disconnected", "error");
+  });
+}
+
+async function join({
+  room: roomName,
+  name,
+  simulcast = true,
+  publish = true,
+  identity = null,
+  codec = initial.codec,
+}) {
+  if (room) leave();
+  ui.setJoining(true);
+  lastError = null;
+  setStatus(`joining ${roomName}…`);
+  const current = new Room({ name, iceTransportPolicy: initial.relay ? "relay" : "all" });
+  room = current;
+  wire(current, { room: roomName, name, simulcast });
+  quality.start(current);
+  chat.clear();
+  const who = identity || identityFor(name);
+  try {
+    // A function, so that a rejoin (the room moved to another worker) gets a fresh token.
+    await current.connect(server, () => fetchDevToken(server, roomName, who, name));
+  } catch (err) {
+    if (room !== current) return;
+    room = null;
+    quality.stop();
+    ui.showJoin({ room: roomName, name, simulcast });
+    setStatus(`could not join: ${err.message}`, "error");
+    return;
+  }
+  if (room !== current) return;
+  ui.showRoom(roomName, name);
+  setStatus(`joined room ${roomName}`);
+  if (publish && current.canPublish) {
+    current.publishCamera({ simulcast, codec }).catch((err) => {
+      if (room === current) setStatus(`publishing failed: ${err.message}`, "error");
+    });
+  }
+}
+
+function leave() {
+  if (!room) return;
+  room.leave();
+  const url = new URL(window.location.href);
+  url.searchParams.delete("name");
+  window.history.replaceState(null, "", url);
+}
+
+function toggleMute(kind) {
+  if (!room) return;
+  const muted = !room.isMuted(kind);
+  if (room.mute(kind, muted)) ui.setControl(kind, muted);
+  else setStatus(kind === "audio" ? "no microphone to mute" : "no camera to stop", "error");
 }
 
 const EMPTY_STATS = { inbound: [], outbound: [] };
 
 window.sfu = {
+  /** The Room of sdk/pysfu.js (null when not in a room). */
   get session() {
-    return session;
+    return room;
   },
   get ws() {
-    return session ? session.ws : null;
+    return room ? room.socket : null;
   },
   get publishPc() {
-    return session ? session.publishPc : null;
+    return room ? room.publishPc : null;
   },
   get subscribePc() {
-    return session ? session.subscribePc : null;
+    return room ? room.subscribePc : null;
   },
   get participantId() {
-    return session ? session.participantId : null;
+    return room ? room.participantId : null;
   },
   get participants() {
-    return session ? session.participants : new Map();
+    return room ? room.participants : new Map();
   },
   get publishedTracks() {
-    return session ? session.publishedTracks : {};
+    return room ? room.publishedTracks : {};
   },
   get subscribeTracks() {
-    return session ? session.subscribeTracks : {};
+    return room ? room.subscribeTracks : {};
+  },
+  get trackSettings() {
+    return room ? room.trackSettings : {};
+  },
+  get activeSpeakers() {
+    return room ? room.activeSpeakers : [];
+  },
+  get status() {
+    return statusText;
   },
   get lastError() {
-    return session ? session.lastError : null;
+    return lastError;
   },
   get dataReady() {
-    return Boolean(session && session.data && session.data.isReady);
+    return Boolean(room && room.data.isReady);
   },
   dataMessages,
   dataErrors,
   sendData,
   async stats() {
-    return session ? session.stats() : structuredClone(EMPTY_STATS);
+    return room ? room.stats() : structuredClone(EMPTY_STATS);
   },
   /** participant_id → {choice, visible, width, height, frameWidth, frameHeight, bitrate, …} */
   tiles() {
@@ -85,140 +229,30 @@ window.sfu = {
   setMaxQuality(participantId, choice) {
     return quality.setMaxQuality(participantId, choice);
   },
-  get trackSettings() {
-    return session ? session.trackSettings : {};
-  },
-  get activeSpeakers() {
-    return session ? session.activeSpeakers : [];
-  },
   join,
   leave,
 };
 
-/** A join refused with worker_unavailable (a room moving off a dead worker) is retried. */
-const REJOIN_RETRY_MS = 500;
-const MAX_REJOIN_ATTEMPTS = 20;
-let rejoinAttempts = 0;
-
-async function join({ room, name, simulcast = true, publish = true, identity = null }) {
-  if (session) leave();
-  ui.setJoining(true);
-  ui.setStatus(`joining ${room}…`);
-  const current = new Session(
-    { iceTransportPolicy: relayOnly ? "relay" : "all", name, simulcast, publish },
-    {
-      status: (text, level) => ui.setStatus(text, level),
-      joined: () => {
-        rejoinAttempts = 0;
-        ui.showRoom(room, name);
-      },
-      localStream: (stream) => ui.setLocalStream(stream),
-      participantAdded: (p) => {
-        ui.upsertParticipant(p);
-        quality.attach(p.participant_id);
-      },
-      participantUpdated: (p) => ui.upsertParticipant(p),
-      participantRemoved: (id) => {
-        quality.detach(id);
-        ui.removeParticipant(id);
-      },
-      activeSpeakers: (ids) => ui.setActiveSpeakers(ids, current.participantId),
-      participantMedia: (p) => ui.updateMedia(p),
-      localMute: (kind, muted) => ui.setControl(kind, muted),
-      dataMessage: (message) => {
-        dataMessages.push(message);
-        if (message.topic === CHAT_TOPIC && typeof message.data?.text === "string") {
-          chat.add(message.from.name || message.from.identity, message.data.text);
-        }
-      },
-      dataError: (error) => {
-        dataErrors.push(error);
-        chat.add("", `not delivered: ${error.message}`, "system");
-      },
-      closed: (reason) => {
-        if (session !== current) return;
-        session = null;
-        if (reason === "worker_lost") {
-          // The media worker died or drained: join again (a live worker takes the
-          // room) and publish the camera and microphone anew.
-          join({ room, name, simulcast, publish, identity });
-          return;
-        }
-        if (reason === "worker_unavailable" && rejoinAttempts < MAX_REJOIN_ATTEMPTS) {
-          // The room is still being moved off a dead worker: try again shortly.
-          rejoinAttempts += 1;
-          setTimeout(() => {
-            if (session === null) join({ room, name, simulcast, publish, identity });
-          }, REJOIN_RETRY_MS);
-          return;
-        }
-        quality.stop();
-        ui.showJoin({ room, name, simulcast });
-        if (reason === "left") ui.setStatus(`left ${room}`);
-      },
-    },
-  );
-  session = current;
-  quality.start(current);
-  chat.clear();
-  try {
-    const token = await fetchDevToken(room, identity || identityFor(name), name);
-    if (session !== current) return;
-    await current.connect(token);
-  } catch (err) {
-    if (session !== current) return;
-    session = null;
-    quality.stop();
-    ui.showJoin({ room, name, simulcast });
-    ui.setStatus(`could not join: ${err.message}`, "error");
-  }
-}
-
-function leave() {
-  const current = session;
-  if (!current) return;
-  current.leave();
-  const url = new URL(window.location.href);
-  url.searchParams.delete("name");
-  window.history.replaceState(null, "", url);
-}
-
-function toggleMute(kind) {
-  if (!session) return;
-  const muted = !session.isMuted(kind);
-  if (!session.setMuted(kind, muted)) {
-    ui.setStatus(kind === "audio" ? "no microphone to mute" : "no camera to stop", "error");
-  }
-}
-
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const room = ui.roomInput.value.trim();
+  const roomName = ui.roomInput.value.trim();
   const name = ui.nameInput.value.trim();
-  if (!room || !name) return;
+  if (!roomName || !name) return;
   const simulcast = ui.simulcastInput.checked;
   const url = new URL(window.location.href);
-  url.searchParams.set("room", room);
+  url.searchParams.set("room", roomName);
   url.searchParams.set("name", name);
   if (simulcast) url.searchParams.delete("simulcast");
   else url.searchParams.set("simulcast", "0");
   window.history.replaceState(null, "", url);
-  join({ room, name, simulcast, publish: initial.publish });
+  join({ room: roomName, name, simulcast, publish: initial.publish });
 });
 ui.muteMicButton.addEventListener("click", () => toggleMute("audio"));
 ui.muteCameraButton.addEventListener("click", () => toggleMute("video"));
 ui.leaveButton.addEventListener("click", () => leave());
 window.addEventListener("pagehide", () => {
-  if (session) session.leave();
+  if (room) room.leave();
 });
 
-const params = new URLSearchParams(window.location.search);
-const initial = {
-  room: params.get("room") || "",
-  name: params.get("name") || "",
-  simulcast: params.get("simulcast") === null || flag(params.get("simulcast")),
-  publish: params.get("publish") === null || flag(params.get("publish")),
-  identity: params.get("identity"),
-};
 ui.showJoin(initial);
 if (initial.room && initial.name) join(initial);

@@ -1,8 +1,9 @@
 // Per remote video tile: what the tile receives (resolution and bitrate, from
 // getStats every second), a "max quality" selector, and the subscriber preferences
-// sent to the server as track_settings: the layer cap from the selector, the size
-// the element is rendered at, and paused while the element or the page is hidden
-// (or the element is rendered tiny).
+// given to the Room (sdk/pysfu.js setTrackSettings, sent to the server as
+// track_settings): the layer cap from the selector, the size the element is rendered
+// at, and paused while the element or the page is hidden (or the element is rendered
+// tiny).
 
 const REFRESH_MS = 1000;
 const RESIZE_DEBOUNCE_MS = 500;
@@ -21,7 +22,8 @@ export class VideoQuality {
   /** `tiles` is the Ui's participant_id → tile element map. */
   constructor(tiles) {
     this.tiles = tiles;
-    this.session = null;
+    /** the Room of sdk/pysfu.js whose remote videos the tiles show */
+    this.room = null;
     /** participant_id → {tile, video, choice, visible, width, height, observers} */
     this.views = new Map();
     /** participant_id → {trackId, frameWidth, frameHeight, bitrate, framesDecoded} */
@@ -40,9 +42,9 @@ export class VideoQuality {
     document.addEventListener("visibilitychange", () => this.sync());
   }
 
-  start(session) {
+  start(room) {
     this.stop();
-    this.session = session;
+    this.room = room;
     this._timer = setInterval(() => {
       this.refresh().catch(() => {});
     }, REFRESH_MS);
@@ -51,7 +53,7 @@ export class VideoQuality {
   stop() {
     clearInterval(this._timer);
     this._timer = null;
-    this.session = null;
+    this.room = null;
     for (const participantId of [...this.views.keys()]) this.detach(participantId);
     this.received.clear();
     this._previous.clear();
@@ -143,31 +145,31 @@ export class VideoQuality {
     }
   }
 
-  /** Send track_settings for every tile whose preferences changed. */
+  /** Give the room every tile's preferences (it sends those that changed). */
   sync() {
-    const session = this.session;
-    if (!session || session.closed) return;
+    const room = this.room;
+    if (!room || room.state === "disconnected") return;
     const pageHidden = document.visibilityState === "hidden";
     for (const [participantId, view] of this.views) {
-      const trackId = session.videoTrackIdOf(participantId);
-      if (!trackId) continue;
-      session.setTrackSettings(trackId, {
+      const remote = room.remoteTrackOf(participantId, "video");
+      if (!remote) continue;
+      room.setTrackSettings(remote.trackId, {
         paused: pageHidden || !view.visible || view.tiny,
-        max_spatial_layer: LAYER_BY_CHOICE[view.choice],
-        max_width: view.width,
-        max_height: view.height,
+        maxSpatialLayer: LAYER_BY_CHOICE[view.choice],
+        maxWidth: view.width,
+        maxHeight: view.height,
       });
     }
   }
 
   /** Read the inbound video stats and show them on the tiles. */
   async refresh() {
-    const session = this.session;
-    if (!session || session.closed) return;
+    const room = this.room;
+    if (!room || room.state === "disconnected") return;
     for (const participantId of this.tiles.keys()) this.attach(participantId);
     this.sync(); // the track id of a tile may have changed with a new subscribe offer
-    const stats = await session.stats();
-    if (session !== this.session) return;
+    const stats = await room.stats();
+    if (room !== this.room) return;
     const now = performance.now();
     const seen = new Set();
     for (const s of stats.inbound) {
@@ -202,7 +204,7 @@ export class VideoQuality {
     const view = this.views.get(participantId);
     const label = view && view.tile.querySelector(".layer-info");
     if (!label) return;
-    const settings = this.session?.trackSettings[info?.trackId];
+    const settings = this.room?.trackSettings[info?.trackId];
     if (settings?.paused) label.textContent = "paused";
     else if (!info || !info.frameWidth) label.textContent = "no video";
     else {

@@ -1,6 +1,10 @@
 // DOM side of the demo: the join form, the tile grid, the controls, the status bar.
 
+import { Gallery } from "./gallery.js";
+
 const $ = (id) => document.getElementById(id);
+/** How a tile names a codec MIME type (others are shown as they come). */
+const CODEC_NAMES = { "video/h264": "H.264", "video/vp8": "VP8", "video/vp9": "VP9" };
 
 function initials(name) {
   const parts = String(name || "?").trim().split(/\s+/).filter(Boolean);
@@ -31,6 +35,14 @@ export class Ui {
     this.joinButton = $("join-button");
     this.roomLabel = $("room-label");
     this.grid = $("grid");
+    this.gallery = new Gallery({
+      stage: $("stage"),
+      grid: this.grid,
+      pager: $("pager"),
+      label: $("page-label"),
+      prev: $("page-prev"),
+      next: $("page-next"),
+    });
     this.localTile = $("local-tile");
     this.localVideo = $("local-video");
     this.localName = $("local-name");
@@ -45,6 +57,7 @@ export class Ui {
 
   showJoin({ room = "", name = "", simulcast = false } = {}) {
     this.clearRemoteTiles();
+    this.gallery.showPage(0);
     this.localVideo.srcObject = null;
     this.localTile.classList.remove("has-video", "is-mic-muted", "is-cam-muted", "speaking");
     this.setControl("audio", false);
@@ -115,6 +128,7 @@ export class Ui {
     });
     this.grid.appendChild(tile);
     this.tiles.set(participant.participant_id, tile);
+    this.gallery.update();
     return tile;
   }
 
@@ -127,7 +141,6 @@ export class Ui {
     const camMuted = tracks.some((t) => t.kind === "video" && t.muted);
     tile.classList.toggle("is-mic-muted", micMuted);
     tile.classList.toggle("is-cam-muted", camMuted);
-    this._updateGridSize();
   }
 
   updateMedia(participant) {
@@ -143,6 +156,23 @@ export class Ui {
     }
   }
 
+  /** Say on the tile which of the participant's codecs this browser cannot decode. */
+  setUndecodable(participant, codecs) {
+    const tile = this._tileFor(participant);
+    let notice = tile.querySelector(".tile-notice");
+    if (codecs.length === 0) {
+      if (notice) notice.remove();
+      return;
+    }
+    if (!notice) {
+      notice = document.createElement("div");
+      notice.className = "tile-notice";
+      tile.appendChild(notice);
+    }
+    const names = [...new Set(codecs.map((c) => CODEC_NAMES[c.toLowerCase()] || c))];
+    notice.textContent = `cannot decode ${names.join(", ")}`;
+  }
+
   removeParticipant(participantId) {
     const tile = this.tiles.get(participantId);
     if (!tile) return;
@@ -150,7 +180,7 @@ export class Ui {
     video.srcObject = null;
     tile.remove();
     this.tiles.delete(participantId);
-    this._updateGridSize();
+    this.gallery.update();
   }
 
   /** Highlight the tiles of the participants speaking now (ours too). */
@@ -164,9 +194,5 @@ export class Ui {
 
   clearRemoteTiles() {
     for (const id of [...this.tiles.keys()]) this.removeParticipant(id);
-  }
-
-  _updateGridSize() {
-    this.grid.dataset.count = String(this.tiles.size + 1);
   }
 }

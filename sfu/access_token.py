@@ -42,8 +42,18 @@ def check_id(value: str, what: str) -> str:
     """Return ``value`` if it is a usable room name or identity, else raise ValueError."""
     if not value:
         raise ValueError(f"{what} must not be empty")
+    return check_name(value, what)
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a usable display name, else raise ValueError.
+
+    Every one of these strings is repeated to other participants: a lone surrogate
+    (no character, and not encodable) or a control character must stop here.
+    """
     if len(value) > MAX_ID_LENGTH:
         raise ValueError(f"{what} is {len(value)} characters; the limit is {MAX_ID_LENGTH}")
+    # Surrogates are not printable: this refuses them too.
     if not value.isprintable():
         raise ValueError(f"{what} contains non-printable characters")
     return value
@@ -62,8 +72,8 @@ def mint_token(
     """Sign an access token for ``identity`` in ``room``, valid from now for ``ttl_seconds``."""
     check_id(room, "room")
     check_id(identity, "identity")
-    if name is not None and len(name) > MAX_ID_LENGTH:
-        raise ValueError(f"name is {len(name)} characters; the limit is {MAX_ID_LENGTH}")
+    if name is not None:
+        check_name(name, "name")
     if ttl_seconds <= 0:
         raise ValueError(f"ttl_seconds must be positive, not {ttl_seconds}")
     now = int(time.time())
@@ -82,12 +92,21 @@ def mint_token(
     return jwt.encode(claims, api_secret, algorithm=ALGORITHM)
 
 
-def verify_token(token: str, api_key: str, api_secret: str, now: float | None = None) -> Grant:
+def verify_token(
+    token: str,
+    api_key: str,
+    api_secret: str,
+    now: float | None = None,
+    max_lifetime: float = math.inf,
+) -> Grant:
     """Check ``token`` and return what it grants.
 
     Raises :class:`ProtocolError` with ``token_expired`` for an expired token and
-    ``bad_token`` for every other problem.
+    ``bad_token`` for every other problem, a token valid for longer than
+    ``max_lifetime`` seconds from ``now`` included (a stolen token must not last).
     """
+    if not token.isascii():
+        raise _bad("malformed token: a JWT is ASCII")
     claims = _decode(token, api_secret)
     now = time.time() if now is None else now
 
@@ -100,6 +119,11 @@ def verify_token(token: str, api_key: str, api_secret: str, now: float | None = 
         raise ProtocolError(
             ErrorCode.TOKEN_EXPIRED, f"token expired {int(now - expires)} s ago; get a new one"
         )
+    if expires is not None and expires - now > max_lifetime:
+        raise _bad(
+            f"token is valid for {expires - now:.0f} s; this server accepts at most "
+            f"{max_lifetime:.0f} s"
+        )
     not_before = _time_claim(claims, "nbf", required=False)
     if not_before is not None and now + NBF_LEEWAY_SECONDS < not_before:
         raise _bad(f"token is not valid for another {math.ceil(not_before - now)} s")
@@ -110,8 +134,11 @@ def verify_token(token: str, api_key: str, api_secret: str, now: float | None = 
     name = claims.get("name")
     if name is not None and not isinstance(name, str):
         raise _bad(f"claim 'name' must be a string, not {_json_type(name)}")
-    if name is not None and len(name) > MAX_ID_LENGTH:
-        raise _bad(f"claim 'name' is {len(name)} characters; the limit is {MAX_ID_LENGTH}")
+    if name is not None:
+        try:
+            check_name(name, "claim 'name'")
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
     return Grant(
         room=room,
         identity=identity,

@@ -4,6 +4,9 @@
 
 Every ``serve`` flag overrides the :class:`~sfu.config.Settings` field of the same
 name; what no flag sets still comes from ``SFU_*`` environment variables.
+
+A server refuses to start without an API secret of its own unless ``--dev`` asks for
+the development defaults (see :func:`sfu.config.exposure_problem`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 import uvloop
+from pydantic import ValidationError
 
+from sfu.access_token import mint_token
+from sfu.app.embedded import embedded_app
+from sfu.app.http_server import Server, server_config
 from sfu.bench import loadtest
-from sfu.config import Settings
-from sfu.http_server import Server
-from sfu.protocol import MAX_MESSAGE_BYTES
-from signaling.app import create_app
-from signaling.auth import mint_token
+from sfu.config import Settings, exposure_problem, exposure_warnings
+from sfu.loop_time import settle_heap
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 _POLL_SECONDS = 0.05
@@ -61,14 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         help="address to gather ICE candidates on (repeatable; default: every interface)",
     )
     serve.add_argument("--announced-ip", help="public address written into candidates")
+    _add_webhooks(serve)
+    _add_recording_dir(serve)
+    _add_ice_ports(serve)
     _add_credentials(serve)
-    serve.add_argument(
-        "--no-dev-tokens",
-        dest="dev_tokens",
-        action="store_const",
-        const=False,
-        help="do not serve /api/dev-token",
-    )
+    _add_dev(serve)
     serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
 
     _add_cluster_commands(commands)
@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--no-subscribe", dest="can_subscribe", action="store_false")
     token.add_argument("--ttl", type=int, default=6 * 3600, help="lifetime in seconds")
     _add_credentials(token)
+    token.add_argument(
+        "--dev",
+        action="store_const",
+        const=True,
+        help="sign with the development secret (for a server started with --dev)",
+    )
 
     load_test = commands.add_parser(
         "load-test",
@@ -93,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     load_test.set_defaults(command="load-test", run=loadtest.main)
     loadtest.configure_parser(load_test)
     return parser
+
+
+def _add_ice_ports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--udp-port",
+        type=int,
+        help="the one UDP port all media transports share (default 0: a free port)",
+    )
+    parser.add_argument(
+        "--tcp-port", type=int, help="ICE-TCP port for clients without UDP (default: off)"
+    )
 
 
 def _add_cluster_commands(commands: Any) -> None:
@@ -107,13 +124,7 @@ def _add_cluster_commands(commands: Any) -> None:
     signaling.add_argument("--node-id", help="this node's id (default: random)")
     _add_redis(signaling)
     _add_credentials(signaling)
-    signaling.add_argument(
-        "--no-dev-tokens",
-        dest="dev_tokens",
-        action="store_const",
-        const=False,
-        help="do not serve /api/dev-token",
-    )
+    _add_dev(signaling)
 
     worker = commands.add_parser(
         "worker",
@@ -130,7 +141,11 @@ def _add_cluster_commands(commands: Any) -> None:
         help="address to gather ICE candidates on (repeatable; default: every interface)",
     )
     worker.add_argument("--announced-ip", help="public address written into candidates")
+    _add_ice_ports(worker)
     worker.add_argument("--capacity", type=int, help="participants this worker accepts")
+    _add_webhooks(worker)
+    _add_credentials(worker)
+    _add_recording_dir(worker)
     _add_redis(worker)
 
     drain = commands.add_parser(
@@ -151,20 +166,64 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def _add_webhooks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--webhook-url",
+        dest="webhook_urls",
+        action="append",
+        metavar="URL",
+        help="POST room events, signed with the API secret, to URL (repeatable)",
+    )
+
+
+def _add_recording_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recording-dir", help="directory recordings are written to (default: recording off)"
+    )
+
+
 def _add_credentials(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="API key (token issuer)")
     parser.add_argument("--api-secret", help="API secret (token signing key)")
+
+
+def _add_dev(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dev",
+        action="store_const",
+        const=True,
+        help="development mode: the published key and secret unless given, /api/dev-token, "
+        "and 127.0.0.1 unless --host is given; never on a public server",
+    )
+    parser.add_argument(
+        "--no-dev-tokens",
+        dest="dev_tokens",
+        action="store_const",
+        const=False,
+        help="do not serve /api/dev-token (in dev mode)",
+    )
 
 
 def _settings(args: argparse.Namespace, fields: Sequence[str]) -> Settings:
     overrides: dict[str, Any] = {
         field: getattr(args, field) for field in fields if getattr(args, field) is not None
     }
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SystemExit(f"sfu: bad setting: {problems}") from None
 
 
 def _token(args: argparse.Namespace) -> int:
-    settings = _settings(args, ("api_key", "api_secret"))
+    settings = _settings(args, ("api_key", "api_secret", "dev"))
+    problem = exposure_problem(settings)
+    if problem is not None:
+        print(f"sfu token: {problem}", file=sys.stderr)
+        return 2
     try:
         token = mint_token(
             settings.api_key,
@@ -190,8 +249,20 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _check_exposure(command: str, settings: Settings) -> bool:
+    """Say why a server must not start with ``settings``, or warn about what it will
+    hand out; False if it must not start."""
+    problem = exposure_problem(settings)
+    if problem is not None:
+        print(f"sfu {command}: {problem}", file=sys.stderr)
+        return False
+    for warning in exposure_warnings(settings):
+        print(f"sfu {command}: WARNING: {warning}", file=sys.stderr, flush=True)
+    return True
+
+
 def _signaling(args: argparse.Namespace) -> int:
-    from sfu.cluster.processes import run_signaling
+    from sfu.app.processes import run_signaling
 
     settings = _settings(
         args,
@@ -202,30 +273,49 @@ def _signaling(args: argparse.Namespace) -> int:
             "redis_url",
             "api_key",
             "api_secret",
+            "dev",
             "dev_tokens",
             "log_level",
         ),
     )
+    if not _check_exposure("signaling", settings):
+        return 2
     _configure_logging(settings)
     uvloop.run(run_signaling(settings))
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from sfu.cluster.processes import run_worker
+    from sfu.app.processes import run_worker
 
     settings = _settings(
         args,
-        ("worker_id", "ice_addresses", "announced_ip", "capacity", "redis_url", "log_level"),
+        (
+            "worker_id",
+            "ice_addresses",
+            "announced_ip",
+            "udp_port",
+            "tcp_port",
+            "capacity",
+            "webhook_urls",
+            "api_key",
+            "api_secret",
+            "recording_dir",
+            "redis_url",
+            "log_level",
+        ),
     )
+    # Webhooks are signed with the API secret: the published one would let anyone forge them.
+    if settings.webhook_urls and not _check_exposure("worker", settings):
+        return 2
     _configure_logging(settings)
     uvloop.run(run_worker(settings))
     return 0
 
 
 def _drain(args: argparse.Namespace) -> int:
+    from sfu.app.processes import drain_worker
     from sfu.cluster.backend import BackendUnavailable
-    from sfu.cluster.processes import drain_worker
     from sfu.worker_api import ProtocolError
 
     settings = _settings(args, ("redis_url", "log_level"))
@@ -249,30 +339,26 @@ def _serve(args: argparse.Namespace) -> int:
             "port",
             "ice_addresses",
             "announced_ip",
+            "webhook_urls",
+            "recording_dir",
+            "udp_port",
+            "tcp_port",
             "api_key",
             "api_secret",
+            "dev",
             "dev_tokens",
             "log_level",
         ),
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not _check_exposure("serve", settings):
+        return 2
+    _configure_logging(settings)
     uvloop.run(_run_server(settings))
     return 0
 
 
 async def _run_server(settings: Settings) -> None:
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        # Frames up to this size get a ``too_large`` error; larger ones close the socket.
-        ws_max_size=16 * MAX_MESSAGE_BYTES,
-    )
-    server = Server(config)
+    server = Server(server_config(embedded_app(settings), settings))
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(_POLL_SECONDS)
@@ -282,6 +368,7 @@ async def _run_server(settings: Settings) -> None:
             settings.port,
         )
         print(f"SFU demo: {_demo_urls(settings.host, port)}", flush=True)
+        settle_heap()
     await serving
 
 

@@ -15,18 +15,17 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
-import uvicorn
-
+from sfu.app.http_server import Server, server_config
+from sfu.app.metrics_server import metrics_server
 from sfu.cluster.backend import BackendUnavailable
 from sfu.cluster.redis_backend import RedisBackend
 from sfu.cluster.router import ClusterRouter
 from sfu.cluster.rpc import RpcClient
 from sfu.cluster.worker_service import WorkerService
 from sfu.config import Settings
-from sfu.http_server import Server
+from sfu.loop_time import settle_heap
 from sfu.metrics import WorkerMetrics
-from sfu.metrics.http import metrics_server
-from sfu.protocol import MAX_MESSAGE_BYTES
+from signaling.app import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +49,13 @@ async def _until_connected(start: Callable[[], Awaitable[None]], what: str) -> N
 
 async def run_signaling(settings: Settings) -> None:
     """Serve HTTP and ``/ws`` with a :class:`ClusterRouter` until SIGTERM/SIGINT."""
-    from signaling.app import create_app  # sfu/ imports FastAPI only here, at run time
-
     node_id = settings.node_id or new_id("node")
     backend = RedisBackend(settings.redis_url)
     router = ClusterRouter(settings, backend, node_id)
     await _until_connected(router.start, f"signaling node {node_id}")
-    config = uvicorn.Config(
-        create_app(settings, router, router),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=16 * MAX_MESSAGE_BYTES,
-    )
+    config = server_config(create_app(router, settings, router), settings)
     logger.info("signaling node %s on %s:%d", node_id, settings.host, settings.port)
+    settle_heap()
     try:
         await Server(config).serve()
     finally:
@@ -77,6 +69,7 @@ async def run_worker(settings: Settings) -> None:
     backend = RedisBackend(settings.redis_url)
     service = WorkerService(settings, backend, worker_id)
     await _until_connected(service.start, f"worker {worker_id}")
+    settle_heap()
     metrics = WorkerMetrics(service.worker)
     metrics.start()
     metrics_http = _serve_metrics(settings)

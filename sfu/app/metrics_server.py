@@ -1,11 +1,5 @@
-"""Serving ``/metrics``: the body for the signaling app's route, and a standalone
-server for processes without an HTTP app (the ``sfu worker`` process).
-
-Collection walks the media worker's objects, so it must run on the worker's event
-loop thread: both the FastAPI route (an ``async def``) and :func:`serve_metrics` do.
-prometheus_client's own ``start_http_server`` would collect from another thread and
-race the packet path, so it is not used.
-"""
+"""``/metrics`` and ``/healthz`` for a process without an HTTP app (the ``sfu worker``
+process), served on the caller's event loop (see :mod:`sfu.metrics.exposition`)."""
 
 from __future__ import annotations
 
@@ -13,18 +7,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sfu.http_server import Server
+from sfu.app.http_server import Server
+from sfu.metrics.exposition import render
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def render() -> tuple[bytes, str]:
-    """This process's metrics in the Prometheus text format, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
