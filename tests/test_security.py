@@ -124,6 +124,27 @@ def test_no_secret_no_server(monkeypatch, capsys, args, expected):
     assert "openssl rand" in error
 
 
+@pytest.mark.parametrize("taken", ["http", "udp"])
+def test_a_taken_port_is_one_clear_line(capsys, taken):
+    """``sfu serve`` on a port another process holds says so and exits 2, without
+    uvicorn's startup traceback (the media ports are bound before the HTTP server runs)."""
+    kind = socket.SOCK_STREAM if taken == "http" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", 0))
+        if taken == "http":
+            holder.listen()
+        port = holder.getsockname()[1]
+        if taken == "http":
+            args = ["serve", "--dev", "--port", str(port), "--udp-port", "0"]
+        else:
+            args = ["serve", "--dev", "--port", "0", "--udp-port", str(port)]
+        args += ["--ice-address", "127.0.0.1"]
+        assert cli.main(args) == 2
+    error = capsys.readouterr().err
+    assert f"sfu serve: cannot {'listen on' if taken == 'http' else 'bind UDP port'}" in error
+    assert "Traceback" not in error
+
+
 def test_dev_mode_is_asked_for_and_binds_loopback():
     assert not Settings().dev_tokens
     assert exposure_problem(Settings()) is not None

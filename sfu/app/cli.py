@@ -29,6 +29,7 @@ from sfu.app.http_server import Server, server_config
 from sfu.bench import loadtest
 from sfu.config import Settings, exposure_problem, exposure_warnings
 from sfu.loop_time import settle_heap
+from sfu.worker import Worker
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 _POLL_SECONDS = 0.05
@@ -353,13 +354,26 @@ def _serve(args: argparse.Namespace) -> int:
     if not _check_exposure("serve", settings):
         return 2
     _configure_logging(settings)
-    uvloop.run(_run_server(settings))
-    return 0
+    return uvloop.run(_run_server(settings))
 
 
-async def _run_server(settings: Settings) -> None:
-    server = Server(server_config(embedded_app(settings), settings))
-    serving = asyncio.create_task(server.serve())
+async def _run_server(settings: Settings) -> int:
+    worker = Worker(settings)
+    try:
+        await worker.start()
+    except OSError as exc:
+        await worker.stop()
+        print(f"sfu serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        listener = _http_listener(settings.host, settings.port)
+    except OSError as exc:
+        await worker.stop()
+        where = f"{settings.host} port {settings.port}"
+        print(f"sfu serve: cannot listen on {where}: {exc}", file=sys.stderr)
+        return 2
+    server = Server(server_config(embedded_app(worker, settings), settings))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():
         await asyncio.sleep(_POLL_SECONDS)
     if server.started:
@@ -370,6 +384,20 @@ async def _run_server(settings: Settings) -> None:
         print(f"SFU demo: {_demo_urls(settings.host, port)}", flush=True)
         settle_heap()
     await serving
+    return 0
+
+
+def _http_listener(host: str, port: int) -> socket.socket:
+    """The HTTP server's listening socket, bound here so that a taken port is one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def _demo_urls(host: str, port: int) -> str:

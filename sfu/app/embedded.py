@@ -1,5 +1,7 @@
 """The embedded server's app: the signaling app with an in-process media worker, its
-metrics and its room API, started and stopped with the app (``sfu serve``)."""
+metrics and its room API (``sfu serve``). The worker is started before the app (so a
+media port that cannot be bound is one clear error before any HTTP server runs) and
+stopped with it."""
 
 from __future__ import annotations
 
@@ -15,12 +17,11 @@ from sfu.worker import Worker
 from signaling.app import create_app
 
 
-def embedded_app(settings: Settings) -> FastAPI:
-    worker = Worker(settings)
+def embedded_app(worker: Worker, settings: Settings) -> FastAPI:
+    """The app around ``worker``, which the caller has started."""
 
     @asynccontextmanager
     async def media_lifespan() -> AsyncIterator[None]:
-        await worker.start()
         worker_metrics = WorkerMetrics(worker)
         worker_metrics.start()
         try:
