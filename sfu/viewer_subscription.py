@@ -174,7 +174,7 @@ class ViewerSubscription:
         # Committed only now: every check above leaves the viewer as it was.
         self.mids = [m.mid for m in offer.media]
         if transport_cc is not None:
-            participant.bandwidth.use_transport_cc(transport_cc)
+            participant.subscriber.bandwidth.use_transport_cc(transport_cc)
         for line, producer in lines:
             self.lines.append(line)
             if producer is not None:
@@ -264,7 +264,7 @@ class ViewerSubscription:
         return section
 
     def _attach(self, line: ViewerLine, producer: Producer) -> None:
-        line.consumer = self.participant.add_consumer(producer, line.ssrc, line.rtx_ssrc)
+        line.consumer = self.participant.subscriber.add_consumer(producer, line.ssrc, line.rtx_ssrc)
         transport = self.participant.subscribe
         if transport is not None and transport.connected.is_set():
             self._activate(line)
@@ -272,9 +272,8 @@ class ViewerSubscription:
     def _activate(self, line: ViewerLine) -> None:
         assert line.consumer is not None
         rtx = None if line.rtx is None else line.rtx.payload_type
-        self.participant.room.router.activate(
-            line.consumer, line.codec.payload_type, rtx, self.participant.bandwidth.sender()
-        )
+        sender = self.participant.subscriber.bandwidth.sender()
+        self.participant.room.router.activate(line.consumer, line.codec.payload_type, rtx, sender)
 
     def consumers(self) -> list[Consumer]:
         """The consumers of the lines that carry a track now."""
@@ -291,7 +290,7 @@ class ViewerSubscription:
         for producer in removed:
             for line in self.lines:
                 if line.consumer is not None and line.consumer.producer is producer:
-                    self.participant.drop_consumer(line.consumer)
+                    self.participant.subscriber.drop_consumer(line.consumer)
                     line.consumer = None
         if not self.lines:
             return  # not answered yet: the answer picks from the room as it is then

@@ -288,18 +288,18 @@ class Worker:
         return await participant.publish_offer(message)
 
     async def subscribe_answer(self, participant_id: str, message: SubscribeAnswerMessage) -> None:
-        await self._participant(participant_id).subscribe_answer(message)
+        self._participant(participant_id).subscriber.answer(message)
 
     async def add_candidate(self, participant_id: str, message: CandidateMessage) -> None:
         await self._participant(participant_id).add_candidate(message)
 
     async def mute(self, participant_id: str, message: MuteMessage) -> None:
         participant = self._participant(participant_id)
-        producer = participant.mute(message.track_id, message.muted)
+        producer = participant.publisher.mute(message.track_id, message.muted)
         participant.room.track_muted(producer)
 
     async def track_settings(self, participant_id: str, message: TrackSettingsMessage) -> None:
-        self._participant(participant_id).track_settings(message)
+        self._participant(participant_id).subscriber.track_settings(message)
 
     async def leave(self, participant_id: str) -> None:
         await self.remove_participant(participant_id)

@@ -129,7 +129,7 @@ async def test_a_subscriber_without_h264_is_told_and_not_offered_h264_again(work
     )
     slots = {
         (slot.kind, slot.consumer.producer.participant_id): slot.mid
-        for slot in subscriber.negotiator.slots
+        for slot in subscriber.subscriber.negotiator.slots
         if slot.consumer is not None
     }
     assert slots[("video", "PA_chrome")] not in ("1", None)

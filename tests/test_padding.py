@@ -343,12 +343,12 @@ async def test_padding_probes_reach_the_transport_cc_feedback(worker):
     and probes before media on SSRC 0 that no stream takes."""
     alice = await chrome_simulcast_publisher(worker)
     producer = alice.producers["1"]
-    alice._on_publish_rtp(chrome_packet(0, RTX_PT, 1, 10, padding=CHROME_PADDING))
+    alice.publisher.on_rtp(chrome_packet(0, RTX_PT, 1, 10, padding=CHROME_PADDING))
     assert alice.packets_unroutable == 1
-    alice._on_publish_rtp(chrome_packet(0x300, VP8_PT, 1, 11, VP8_KEY, mid="1", rid="f"))
-    alice._on_publish_rtp(chrome_packet(0x301, RTX_PT, 1, 12, padding=CHROME_PADDING, rrid="f"))
-    alice._on_publish_rtp(chrome_packet(0x301, RTX_PT, 2, 13, padding=CHROME_PADDING))
-    assert alice._feedback.pending == 4
+    alice.publisher.on_rtp(chrome_packet(0x300, VP8_PT, 1, 11, VP8_KEY, mid="1", rid="f"))
+    alice.publisher.on_rtp(chrome_packet(0x301, RTX_PT, 1, 12, padding=CHROME_PADDING, rrid="f"))
+    alice.publisher.on_rtp(chrome_packet(0x301, RTX_PT, 2, 13, padding=CHROME_PADDING))
+    assert alice.publisher._feedback.pending == 4
     assert producer.padding_dropped == 2
 
 
@@ -363,10 +363,10 @@ async def test_padding_probes_reach_the_transport_cc_feedback(worker):
 async def test_malformed_padding_is_dropped_and_counted(worker, tail):
     alice = await chrome_simulcast_publisher(worker)
     producer = alice.producers["1"]
-    alice._on_publish_rtp(chrome_packet(0x300, VP8_PT, 1, 1, VP8_KEY, mid="1", rid="f"))
+    alice.publisher.on_rtp(chrome_packet(0x300, VP8_PT, 1, 1, VP8_KEY, mid="1", rid="f"))
     valid = chrome_packet(0x300, VP8_PT, 2, 2)
     bad = bytes([valid[0] | 0x20]) + valid[1:] + tail
-    alice._on_publish_rtp(bad)
+    alice.publisher.on_rtp(bad)
     assert producer.packets_dropped == 1
     assert producer.streams[0x300].statistics.packets_received == 1
 

@@ -313,7 +313,7 @@ async def costs_after_changes(worker: Worker, room: str, changes: int) -> list[f
     return [
         publishing,
         cpu_time(lambda: subscriber.tick(next(clock))),
-        cpu_time(lambda: subscriber.track_settings(settings)),
+        cpu_time(lambda: subscriber.subscriber.track_settings(settings)),
     ]
 
 

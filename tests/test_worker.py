@@ -108,18 +108,18 @@ async def test_chrome_simulcast_publish_learns_layers_by_mid_and_rid(worker):
     alice = worker.participants["PA_a"]
     producer = alice.producers["1"]
     for ssrc, rid in [(0x100, "q"), (0x200, "h"), (0x300, "f")]:
-        alice._on_publish_rtp(chrome_packet(ssrc, 96, 1, "1", rid=rid))
+        alice.publisher.on_rtp(chrome_packet(ssrc, 96, 1, "1", rid=rid))
     assert {s.rid for s in producer.streams.values()} == {"q", "h", "f"}
     # RTX (payload type 97, apt 96) with a repaired RID is bound but not forwarded.
-    alice._on_publish_rtp(chrome_packet(0x101, 97, 1, "1", rrid="q"))
+    alice.publisher.on_rtp(chrome_packet(0x101, 97, 1, "1", rrid="q"))
     assert 0x101 not in producer.streams
-    assert alice.demultiplexer.repaired(0x101) == (producer, producer.streams[0x100])
+    assert alice.publisher.demultiplexer.repaired(0x101) == (producer, producer.streams[0x100])
     # Audio by MID only.
-    alice._on_publish_rtp(chrome_packet(0x400, 111, 1, "0", payload=b"opus"))
+    alice.publisher.on_rtp(chrome_packet(0x400, 111, 1, "0", payload=b"opus"))
     assert 0x400 in alice.producers["0"].streams
     # Once learned, packets without extensions route by SSRC.
     stats = producer.streams[0x300].statistics
-    alice._on_publish_rtp(
+    alice.publisher.on_rtp(
         build_rtp_packet(payload_type=96, sequence_number=2, timestamp=1, ssrc=0x300)
     )
     assert stats.packets_received == 2
@@ -142,7 +142,7 @@ async def test_rtx_copy_of_a_packet_that_arrived_is_dropped_unseen(worker):
     alice = worker.participants["PA_a"]
     producer = alice.producers["1"]
     for seq in (1, 2, 4):  # 3 is lost
-        alice._on_publish_rtp(chrome_packet(0x100, 96, seq, "1", rid="q"))
+        alice.publisher.on_rtp(chrome_packet(0x100, 96, seq, "1", rid="q"))
     stream = producer.streams[0x100]
     assert stream.nack.missing == [3]
     received = stream.statistics.packets_received
@@ -150,12 +150,12 @@ async def test_rtx_copy_of_a_packet_that_arrived_is_dropped_unseen(worker):
 
     for rtx_seq, original in enumerate((2, 1, 4), start=1):
         copy = original.to_bytes(2, "big") + vp8
-        alice._on_publish_rtp(chrome_packet(0x101, 97, rtx_seq, "1", rrid="q", payload=copy))
+        alice.publisher.on_rtp(chrome_packet(0x101, 97, rtx_seq, "1", rrid="q", payload=copy))
     assert stream.statistics.packets_received == received
     assert producer.padding_dropped == 3
 
     repair = (3).to_bytes(2, "big") + vp8
-    alice._on_publish_rtp(chrome_packet(0x101, 97, 4, "1", rrid="q", payload=repair))
+    alice.publisher.on_rtp(chrome_packet(0x101, 97, 4, "1", rrid="q", payload=repair))
     assert stream.statistics.packets_received == received + 1
     assert stream.nack.missing == []
     assert producer.padding_dropped == 3
@@ -182,7 +182,7 @@ async def test_corrupt_or_unroutable_rtp_is_dropped_and_counted(worker, data):
     await worker.publish_offer("PA_a", PublishOfferMessage(sdp=offer("chrome-plain-offer.sdp")))
     alice = worker.participants["PA_a"]
     before = alice.packets_unroutable + sum(p.packets_dropped for p in alice.producers.values())
-    alice._on_publish_rtp(data)
+    alice.publisher.on_rtp(data)
     after = alice.packets_unroutable + sum(p.packets_dropped for p in alice.producers.values())
     assert after == before + 1
 
@@ -191,8 +191,8 @@ async def test_corrupt_rtcp_is_counted(worker):
     await join(worker, "PA_a")
     alice = worker.participants["PA_a"]
     for data in (b"\x80\xc9\x00\x05abc", b"\x81\xcd\x00\x01"):
-        alice._on_publish_rtcp(data)
-        alice._on_subscribe_rtcp(data)
+        alice.publisher.on_rtcp(data)
+        alice.subscriber.on_rtcp(data)
     assert alice.rtcp_errors == 4
 
 

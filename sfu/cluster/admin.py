@@ -98,7 +98,7 @@ class LocalAdmin:
 
     async def mute_track(self, room: str, participant_id: str, track_id: str, muted: bool) -> None:
         participant = self._participant_in(room, participant_id)
-        producer = participant.mute(track_id, muted)
+        producer = participant.publisher.mute(track_id, muted)
         participant.room.track_muted(producer)
 
     async def start_recording(self, room: str, track_id: str | None) -> RecordingInfo:
