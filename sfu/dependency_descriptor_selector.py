@@ -125,6 +125,7 @@ class DependencyDescriptorSelector:
 
     def __init__(self, spatial_id: int = 0, temporal_id: int = 0) -> None:
         self._target = (spatial_id, temporal_id)
+        self._key_frame_wanted = False
         self._structure: FrameDependencyStructure | None = None
         self._targets: tuple[DecodeTarget, ...] = ()
         self._all_active = 0
@@ -168,6 +169,7 @@ class DependencyDescriptorSelector:
     def set_target(self, spatial_id: int, temporal_id: int) -> None:
         """Aim at the highest decode target within this layer, from the next switch point."""
         self._target = (spatial_id, temporal_id)
+        self._key_frame_wanted = False
 
     def select(
         self,
@@ -188,9 +190,15 @@ class DependencyDescriptorSelector:
             self._source_active = descriptor.active_decode_targets_bitmask
         elif descriptor.attached_structure is not None:
             self._source_active = self._all_active
-        if frame_number < self._structure_frame:
-            return None
         slot = frame_number & _HISTORY_MASK
+        if (
+            descriptor.attached_structure is not None
+            and not descriptor.frame.fdiffs
+            and self._decided[slot] != frame_number
+        ):
+            self._forget(frame_number)
+        elif frame_number < self._structure_frame:
+            return None
         if self._decided[slot] == frame_number:
             if not self._forwarded[slot]:
                 return None
@@ -206,8 +214,15 @@ class DependencyDescriptorSelector:
         self._targets = decode_targets(structure)
         self._all_active = (1 << structure.num_decode_targets) - 1
         self._source_active = self._all_active
-        self._structure_frame = frame_number
         self._current = None
+        self._forget(frame_number)
+
+    def _forget(self, frame_number: int) -> None:
+        """A key frame (or a new structure) at ``frame_number``: earlier frames are dropped
+        from now on, and no decision about them is looked up (a restarted publisher's
+        frame numbers may repeat them)."""
+        self._structure_frame = frame_number
+        self._decided = [-1] * DECISION_HISTORY
 
     def _decide(self, frame: FrameDependencyTemplate, frame_number: int, slot: int) -> bool:
         chosen = self._choose(frame, frame_number)
@@ -269,9 +284,12 @@ class DependencyDescriptorSelector:
         else:
             # Nothing within the target can be forwarded from here: stay above it until
             # a key frame, or stop.
-            self._key_frame_wanted = current_usable
-            return current if current_usable else None
-        self._key_frame_wanted = blocked
+            if current_usable:
+                self._key_frame_wanted = True
+                return current
+            return None
+        if blocked:
+            self._key_frame_wanted = True
         return current
 
     def _chain_forwarded(
