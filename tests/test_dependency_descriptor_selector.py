@@ -70,11 +70,14 @@ class Subscriber:
         self.structure: FrameDependencyStructure | None = None
         self.active: int | None = None
         self.frames = WrapAroundExtender(16)
-        self.received: set[int] = set()
+        self.received: dict[int, tuple[int, int]] = {}
+        """Layer of each frame received, by extended frame number."""
         self.last: int | None = None
         self.layers: Counter[tuple[int, int]] = Counter()
         self.structures_received = 0
         self.markers = 0
+        self.numbers: list[int] = []
+        """The extended frame number of each packet received."""
 
     def receive(self, value: bytes, marker: bool) -> DependencyDescriptor:
         descriptor = parse_dependency_descriptor(value, self.structure)
@@ -85,13 +88,19 @@ class Subscriber:
         if descriptor.active_decode_targets_bitmask is not None:
             self.active = descriptor.active_decode_targets_bitmask
         number = self.frames.update(descriptor.frame_number)
-        if number not in self.received:
+        self.numbers.append(number)
+        layer = descriptor.frame.spatial_id, descriptor.frame.temporal_id
+        if number in self.received:
+            # Another packet of a frame already started: the same frame, not a reused
+            # number.
+            assert self.received[number] == layer and not descriptor.start_of_frame
+        else:
             assert self.last is None or number > self.last, (number, self.last)
             for fdiff in descriptor.frame.fdiffs:
                 assert number - fdiff in self.received, (number, fdiff)
-            self.received.add(number)
+            self.received[number] = layer
             self.last = number
-            self.layers[descriptor.frame.spatial_id, descriptor.frame.temporal_id] += 1
+            self.layers[layer] += 1
         self.markers += marker
         return descriptor
 
@@ -292,10 +301,14 @@ def test_frame_numbers_continue_across_a_publisher_restart() -> None:
     subscriber = Subscriber()
     run(selector, first, subscriber)
     before = subscriber.last
+    count = len(subscriber.numbers)
     forwarded = run(selector, second, subscriber)
     assert forwarded[0] is second[0]
     assert before is not None
-    assert min(n for n in subscriber.received if n > before) == before + 1
+    after = subscriber.numbers[count:]
+    assert after[0] == before + 1
+    assert after == sorted(after)
+    assert len(set(after)) == len({p.descriptor.frame_number for p in second})
     assert subscriber.structures_received == 2
     assert subscriber.structure == second[0].structure
 
