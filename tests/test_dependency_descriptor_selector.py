@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_dependency_descriptor import golden
 
 from sfu.dependency_descriptor_selector import (
@@ -326,3 +328,43 @@ def test_every_packet_of_a_frame_gets_its_frame_decision() -> None:
             packet.descriptor, packet.structure, packet.value, packet.marker
         )
         assert (selection is not None) == (packet.layer[1] <= 1)
+
+
+CAPTURED = {name: stream(name) for name in ("chromium-av1-l1t3", "chromium-av1-l2t3-key")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(sorted(CAPTURED)),
+    lost=st.sets(st.integers(0, 400), max_size=40),
+    swapped=st.sets(st.integers(0, 399), max_size=20),
+    targets=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(0, 2), st.integers(0, 2)), max_size=6
+    ),
+)
+def test_fuzz_loss_reordering_and_target_changes(
+    name: str,
+    lost: set[int],
+    swapped: set[int],
+    targets: list[tuple[int, int, int]],
+) -> None:
+    """Whatever arrives, in whatever order, and whatever the target: the selector never
+    raises, and every descriptor it sends is readable by its subscriber (the structure
+    always came first)."""
+    packets = [p for i, p in enumerate(CAPTURED[name][:401]) if i not in lost]
+    for i in sorted(swapped):
+        if i + 1 < len(packets):
+            packets[i], packets[i + 1] = packets[i + 1], packets[i]
+    changes = {at: (spatial, temporal) for at, spatial, temporal in targets}
+    selector = DependencyDescriptorSelector(1, 2)
+    structure: FrameDependencyStructure | None = None
+    for index, packet in enumerate(packets):
+        if index in changes:
+            selector.set_target(*changes[index])
+        selection = selector.select(
+            packet.descriptor, packet.structure, packet.value, packet.marker
+        )
+        if selection is None:
+            continue
+        descriptor = parse_dependency_descriptor(selection.descriptor, structure)
+        structure = descriptor.attached_structure or structure
