@@ -14,6 +14,11 @@ from collections.abc import Callable
 
 from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.rtp import rtcp
+from sfu.rtp.dependency_descriptor import (
+    DependencyDescriptorError,
+    parse_dependency_descriptor,
+    write_dependency_descriptor,
+)
 from sfu.rtp.packet import RtpHeader, read_payload_and_extensions
 from sfu.rtp.transport_feedback import TransportCcFeedback, parse_transport_cc
 from sfu.rtp.vp8 import (
@@ -108,6 +113,25 @@ def vp8(data: bytes) -> None:
     assert len(buffer) == len(data)
 
 
+def dependency_descriptor(data: bytes) -> None:
+    """A dependency descriptor that attaches its structure, then the same bytes read
+    against that structure (as a later packet's): the parser, the writer, a round trip."""
+    try:
+        first = parse_dependency_descriptor(data, None)
+    except DependencyDescriptorError:
+        return
+    structure = first.attached_structure
+    assert structure is not None
+    assert parse_dependency_descriptor(write_dependency_descriptor(first, structure), None) == first
+    try:
+        later = parse_dependency_descriptor(data[:3], structure)
+    except DependencyDescriptorError:
+        return
+    assert parse_dependency_descriptor(
+        write_dependency_descriptor(later, structure), structure
+    ) == (later)
+
+
 def sdp(data: bytes) -> None:
     """A publish offer: the SDP parser, its serializer and the publish answer."""
     text = data.decode("utf-8", errors="replace")
@@ -127,5 +151,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "rtcp": rtcp_compound,
     "transport_cc": transport_cc,
     "vp8": vp8,
+    "dependency_descriptor": dependency_descriptor,
     "sdp": sdp,
 }

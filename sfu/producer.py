@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from sfu.keyframe_request_manager import KeyFrameRequestManager
 from sfu.nack_generator import NackGenerator
+from sfu.rtp.av1 import is_av1_keyframe
 from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
 from sfu.rtp.packet import RTP_HEADER_SIZE, RTP_PADDING_BIT
 from sfu.rtp.receive_statistics import ReceiveStatistics
@@ -68,6 +69,8 @@ def _key_frame_detector(codec: Codec) -> Callable[[bytes], bool]:
         return is_vp8_keyframe
     if name == "h264":
         return is_h264_keyframe
+    if name == "av1":
+        return is_av1_keyframe
     return lambda payload: False
 
 

@@ -1012,3 +1012,36 @@ def test_a_subscriber_is_offered_the_publishers_h264_profile():
     assert (vp8_rtx.payload_type, vp8_rtx.apt) == (97, 96), "NACKs are answered on RTX"
     (opus,) = outgoing_codecs_for("audio", Codec(111, "opus", 48000, 2))
     assert opus.payload_type == 111, "no rtx for audio"
+
+
+def av1_first(desc: SessionDescription) -> SessionDescription:
+    """What the demo page's ?codec=av1 offers: AV1 and its rtx only (setCodecPreferences)."""
+    video = desc.media[1]
+    keep = {45, 46}
+    video.codecs = [c for c in video.codecs if c.payload_type in keep]
+    video.formats = [f for f in video.formats if int(f) in keep]
+    return SessionDescription.parse(str(desc))
+
+
+def test_publish_answer_av1_when_the_publisher_chose_it():
+    answer, published = create_publish_answer(av1_first(load("chrome-plain-offer")), LOCAL)
+    av1, rtx = answer.media[1].codecs
+    assert (av1.payload_type, av1.name, av1.parameters["profile"]) == (45, "AV1", "0")
+    assert (rtx.payload_type, rtx.apt) == (46, 45)
+    assert published[1].codecs[0].name == "AV1"
+    # Offered after other codecs, AV1 is not what the publisher chose.
+    answer, _ = create_publish_answer(without_vp8(load("chrome-plain-offer")), LOCAL)
+    assert answer.media[1].port == 0
+
+
+def test_a_subscriber_is_offered_av1_for_an_av1_track():
+    _, published = create_publish_answer(av1_first(load("chrome-plain-offer")), LOCAL)
+    av1, rtx = outgoing_codecs_for("video", published[1].codecs[0])
+    assert (av1.payload_type, av1.name) == (45, "AV1")
+    assert av1.parameters == {"level-idx": "5", "profile": "0", "tier": "0"}
+    assert "nack pli" in av1.rtcp_feedback and "transport-cc" in av1.rtcp_feedback
+    assert (rtx.payload_type, rtx.apt) == (46, 45)
+    assert [c.name for c in outgoing_codecs_for("video", Codec(120, "VP8", 90000))] == [
+        "VP8",
+        "rtx",
+    ], "AV1 is offered only for AV1 tracks"

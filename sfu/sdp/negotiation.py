@@ -132,6 +132,10 @@ class NegotiatedMedia:
     header_extensions: dict[str, int]
 
 
+VIDEO_RTCP_FEEDBACK = ("goog-remb", "transport-cc", "ccm fir", "nack", "nack pli")
+"""The feedback the server offers subscribers for every video codec."""
+
+
 def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
     """The server's canonical codecs and payload types for subscribe offers."""
     if kind == "audio":
@@ -147,7 +151,7 @@ def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
         ]
     if kind != "video":
         raise ValueError(f"no RTP codecs for media kind {kind!r}")
-    feedback = ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"]
+    feedback = VIDEO_RTCP_FEEDBACK
     codecs = [
         Codec(96, "VP8", 90000, rtcp_feedback=list(feedback)),
         Codec(97, "rtx", 90000, parameters={"apt": "96"}),
@@ -168,6 +172,17 @@ def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
 H264_STREAM_PARAMETERS = ("profile-level-id", "packetization-mode")
 """H.264 fmtp parameters that describe the stream itself: a subscriber offered the
 track must be told the publisher's values, since it receives the publisher's bits."""
+AV1_STREAM_PARAMETERS = ("profile", "level-idx", "tier")
+"""AV1 fmtp parameters (AV1 RTP specification, section 7.2) that describe the stream."""
+
+
+def av1_outgoing_codecs() -> list[Codec]:
+    """The server's AV1 payload types for subscribe offers (Chrome's own numbers), only
+    offered for a track its publisher sends in AV1."""
+    return [
+        Codec(45, "AV1", 90000, rtcp_feedback=list(VIDEO_RTCP_FEEDBACK)),
+        Codec(46, "rtx", 90000, parameters={"apt": "45"}),
+    ]
 
 
 def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> list[Codec]:
@@ -177,14 +192,16 @@ def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> li
     packetization mode (a subscriber answers the profile it can decode, and one offered
     constrained baseline should not get, say, High)."""
     defaults = default_outgoing_codecs(kind, allow_h264)
+    if codec.name.upper() == "AV1":
+        defaults += av1_outgoing_codecs()
     codecs = [c for c in defaults if c.name.lower() == codec.name.lower()]
     primary = {c.payload_type for c in codecs}
     codecs += [c for c in defaults if c.is_rtx and c.apt in primary]
+    stream_parameters = {"H264": H264_STREAM_PARAMETERS, "AV1": AV1_STREAM_PARAMETERS}
     for ours in codecs:
-        if ours.name.upper() == "H264":
-            for name in H264_STREAM_PARAMETERS:
-                if name in codec.parameters:
-                    ours.parameters[name] = codec.parameters[name]
+        for name in stream_parameters.get(ours.name.upper(), ()):
+            if name in codec.parameters:
+                ours.parameters[name] = codec.parameters[name]
     return codecs
 
 
@@ -211,8 +228,15 @@ def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
             None,
         )
     vp8 = next((c for c in media.codecs if c.name.upper() == "VP8"), None)
-    if vp8 is not None or not allow_h264:
+    if vp8 is not None:
         return vp8
+    # A publisher that offers no VP8 and lists AV1 first chose it (setCodecPreferences):
+    # AV1 is forwarded as it comes, all its layers.
+    first = next((c for c in media.codecs if not c.is_rtx), None)
+    if first is not None and first.name.upper() == "AV1":
+        return first
+    if not allow_h264:
+        return None
     h264 = [
         c
         for c in media.codecs
