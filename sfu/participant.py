@@ -67,6 +67,7 @@ from sfu.sdp import (
     create_publish_answer,
 )
 from sfu.subscribe_negotiator import SubscribeNegotiator
+from sfu.svc_consumer import SvcConsumer
 from sfu.transport import Transport
 from sfu.worker_api import EventSink, Grant, ProtocolError
 
@@ -428,7 +429,8 @@ class Participant:
     ) -> Consumer:
         """A consumer of ``producer`` for this subscribe transport (inactive until its
         m-line is negotiated), with the given SSRCs when its m-line has them already."""
-        consumer = Consumer(_new_id("CO_"), producer, self.id, self.bandwidth.send)
+        kind = SvcConsumer if producer.codec.name.lower() == "vp9" else Consumer
+        consumer = kind(_new_id("CO_"), producer, self.id, self.bandwidth.send)
         if ssrc is not None:
             consumer.ssrc = ssrc
             consumer.rtx_ssrc = rtx_ssrc

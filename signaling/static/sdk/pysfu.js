@@ -1175,7 +1175,9 @@ export class Room extends EventTarget {
    * Resolves with the local stream once the server answered; `localStream` event first.
    * The room stops these tracks when it leaves.
    * @param {{audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints,
-   *   simulcast?: boolean, codec?: string|null}} [options] video defaults to 640x480
+   *   simulcast?: boolean, codec?: string|null, scalabilityMode?: string|null}} [options]
+   *   video defaults to 640x480; `scalabilityMode` (e.g. "L3T3_KEY" with VP9) sends one
+   *   SVC encoding instead of simulcast
    * @returns {Promise<MediaStream>}
    * @throws {SfuError} `media_unavailable`, `codec_unavailable`, `not_allowed`, …
    */
@@ -1184,6 +1186,7 @@ export class Room extends EventTarget {
     video = { width: 640, height: 480 },
     simulcast = true,
     codec = null,
+    scalabilityMode = null,
   } = {}) {
     this._requireJoined();
     if (codec && video && videoCodecsFor(codec) === null) {
@@ -1212,8 +1215,11 @@ export class Room extends EventTarget {
     }
     this.localStream = stream;
     this._emit(RoomEvent.LOCAL_STREAM, { stream });
+    const encodings = scalabilityMode ? [{ scalabilityMode }] : undefined;
     const entries = stream.getTracks().map((track) =>
-      this._entry(track, stream, { simulcast: track.kind === "video" && simulcast, codec }),
+      track.kind === "video" && encodings
+        ? this._entry(track, stream, { encodings, codec })
+        : this._entry(track, stream, { simulcast: track.kind === "video" && simulcast, codec }),
     );
     for (const entry of entries) entry.captured = true;
     this._published.push(...entries);
