@@ -222,9 +222,12 @@ def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
             ),
             None,
         )
-    vpx = next((c for c in media.codecs if c.name.upper() == "VP8" or _is_vp9_profile_0(c)), None)
-    if vpx is not None or not allow_h264:
-        return vpx
+    first = next((c for c in media.codecs if c.name.upper() in ("VP8", "VP9", "H264")), None)
+    if first is not None and _is_vp9_profile_0(first):
+        return first
+    vp8 = next((c for c in media.codecs if c.name.upper() == "VP8"), None)
+    if vp8 is not None or not allow_h264:
+        return vp8
     h264 = [
         c
         for c in media.codecs
@@ -240,7 +243,7 @@ def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
 def _is_vp9_profile_0(codec: Codec) -> bool:
     """VP9 profile 0 (8-bit 4:2:0, RFC 9628 section 6: profile-id 0 when absent), the
     profile every browser decodes: accepted from a publisher that offers it before VP8
-    (one that prefers VP9, for SVC)."""
+    and H.264 (one that prefers VP9, for SVC); otherwise VP8 stays preferred."""
     return codec.name.upper() == "VP9" and codec.parameters.get("profile-id", "0") == "0"
 
 
