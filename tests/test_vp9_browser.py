@@ -101,6 +101,8 @@ def sfu_server(link: VethNamespace) -> Iterator[ServerUrl]:
 
 @dataclass
 class Room:
+    loopback: Any
+    """The Chromium on loopback (publisher, direct and capped subscribers)."""
     publisher: Any
     publisher_id: str
     direct: Any
@@ -151,7 +153,7 @@ def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
                 constrained_browser, f"{remote}/?room={name}&name=shaped&publish=0"
             )
             publisher_id = publisher.evaluate("() => window.sfu.participantId")
-            yield Room(publisher, publisher_id, direct, capped, constrained, link)
+            yield Room(loopback, publisher, publisher_id, direct, capped, constrained, link)
             link.unlimit_downlink()
             for page in (publisher, direct, capped, constrained):
                 assert page.uncaught_errors == [], page.url
@@ -270,3 +272,38 @@ def test_a_constrained_subscriber_decodes_the_low_layer_and_climbs_back(room: Ro
         lambda: (page_stats(page), room.link.qdisc()),
     )
     print(f"limit lifted: back to {TOP_WIDTH} px in {time.monotonic() - start:.1f}s")
+
+
+def test_vp9_simulcast_switches_layers_at_their_key_frames(
+    room: Room, sfu_server: ServerUrl
+) -> None:
+    """Three rids of VP9 in L1T3 (``?codec=vp9&svc=L1T3``) go the simulcast way: each a
+    stream of its own, switched at its key frames (the producer's VP9 key-frame
+    detection), picture ids continued across switches."""
+    name = f"vp9-simulcast-{uuid.uuid4().hex[:8]}"
+    publisher = open_page(room.loopback, f"{sfu_server}/?room={name}&name=sim&codec=vp9&svc=L1T3")
+    viewer = open_page(room.loopback, f"{sfu_server}/?room={name}&name=viewer&publish=0")
+    try:
+        publisher_id = publisher.evaluate("() => window.sfu.participantId")
+        answer = publisher.evaluate("() => window.sfu.publishPc.remoteDescription.sdp")
+        assert "VP9/90000" in answer and "a=simulcast:recv q;h;f" in answer
+        for choice, width in (("auto", TOP_WIDTH), ("low", 160), ("auto", TOP_WIDTH)):
+            assert viewer.evaluate(f"() => window.sfu.setMaxQuality('{publisher_id}', '{choice}')")
+            start = time.monotonic()
+            wait_until(
+                lambda width=width: width_of(viewer, publisher_id) == width,
+                f"{width} px of VP9 simulcast ({choice})",
+                RAMP_UP_TIMEOUT,
+                lambda: page_stats(viewer),
+            )
+            watched = watch_decoding(viewer, publisher_id, 2.0)
+            print(
+                f"\n{choice}: {width} px after {time.monotonic() - start:.1f}s; {describe(watched)}"
+            )
+            assert watched.fps >= MIN_FPS and watched.longest_gap < MAX_FREEZE, watched
+        assert viewer.evaluate(CODEC_JS, publisher_id) == VP9
+        for page in (publisher, viewer):
+            assert page.uncaught_errors == [], page.url
+    finally:
+        for page in (publisher, viewer):
+            page.close(run_before_unload=True)

@@ -7,7 +7,8 @@
 // simulcast unless &simulcast=0; &publish=0 joins without publishing (watch only);
 // &identity=I picks the identity put in the dev token (random by default);
 // &codec=h264 publishes the camera in H.264 only (what Safari prefers); &codec=vp9&svc=L3T3_KEY
-// publishes it as one VP9 SVC encoding with that scalabilityMode instead of simulcast;
+// publishes it as one VP9 SVC encoding with that scalabilityMode instead of simulcast, and
+// &codec=vp9&svc=L1T3 as VP9 simulcast (each encoding in L1T3);
 // &relay=1 sends media through the TURN server only (iceTransportPolicy "relay").
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";

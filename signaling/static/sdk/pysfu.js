@@ -1176,8 +1176,9 @@ export class Room extends EventTarget {
    * The room stops these tracks when it leaves.
    * @param {{audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints,
    *   simulcast?: boolean, codec?: string|null, scalabilityMode?: string|null}} [options]
-   *   video defaults to 640x480; `scalabilityMode` (e.g. "L3T3_KEY" with VP9) sends one
-   *   SVC encoding instead of simulcast
+   *   video defaults to 640x480; `scalabilityMode` with spatial layers ("L3T3_KEY" with
+   *   VP9) sends one SVC encoding instead of simulcast, an L1 mode ("L1T3") applies to
+   *   each simulcast encoding
    * @returns {Promise<MediaStream>}
    * @throws {SfuError} `media_unavailable`, `codec_unavailable`, `not_allowed`, …
    */
@@ -1215,7 +1216,14 @@ export class Room extends EventTarget {
     }
     this.localStream = stream;
     this._emit(RoomEvent.LOCAL_STREAM, { stream });
-    const encodings = scalabilityMode ? [{ scalabilityMode }] : undefined;
+    // Spatial layers in the mode (L2…, L3…): one SVC encoding; L1… with simulcast:
+    // every simulcast encoding in that mode (VP9 simulcast wants L1T3 on each).
+    let encodings;
+    if (scalabilityMode && (!simulcast || !scalabilityMode.startsWith("L1"))) {
+      encodings = [{ scalabilityMode }];
+    } else if (scalabilityMode) {
+      encodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e, scalabilityMode }));
+    }
     const entries = stream.getTracks().map((track) =>
       track.kind === "video" && encodings
         ? this._entry(track, stream, { encodings, codec })
