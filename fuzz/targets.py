@@ -24,6 +24,13 @@ from sfu.rtp.vp8 import (
     vp8_layer_sync,
     vp8_temporal_id,
 )
+from sfu.rtp.vp9 import (
+    Vp9Descriptor,
+    is_vp9_keyframe,
+    rewrite_vp9_picture,
+    vp9_layers,
+    vp9_spatial_sizes,
+)
 from sfu.sdp import LocalTransport, SdpError, SessionDescription, create_publish_answer
 
 ESTIMATOR_HISTORY = 300
@@ -108,6 +115,26 @@ def vp8(data: bytes) -> None:
     assert len(buffer) == len(data)
 
 
+def vp9(data: bytes) -> None:
+    """The VP9 payload descriptor (RFC 9628) and the per-packet helpers the forwarder
+    calls: the layer word agrees with the full parse, a picture-id rewrite keeps the
+    length."""
+    word = vp9_layers(data)
+    is_vp9_keyframe(data)
+    vp9_spatial_sizes(data)
+    try:
+        descriptor = Vp9Descriptor.parse(data)
+    except ValueError:
+        return
+    assert word >= 0 and descriptor.size <= len(data)
+    if descriptor.tid is not None:
+        assert word & 0x07 == descriptor.tid and (word >> 3) & 0x07 == descriptor.sid
+    if descriptor.picture_id is not None:
+        rewritten = rewrite_vp9_picture(data, 0x1234, 7)
+        assert len(rewritten) == len(data)
+        assert Vp9Descriptor.parse(rewritten).size == descriptor.size
+
+
 def sdp(data: bytes) -> None:
     """A publish offer: the SDP parser, its serializer and the publish answer."""
     text = data.decode("utf-8", errors="replace")
@@ -127,5 +154,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "rtcp": rtcp_compound,
     "transport_cc": transport_cc,
     "vp8": vp8,
+    "vp9": vp9,
     "sdp": sdp,
 }
