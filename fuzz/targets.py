@@ -29,7 +29,9 @@ from sfu.rtp.vp9 import (
     is_vp9_keyframe,
     rewrite_vp9_picture,
     vp9_layers,
+    vp9_picture_id,
     vp9_spatial_sizes,
+    vp9_tl0picidx,
 )
 from sfu.sdp import LocalTransport, SdpError, SessionDescription, create_publish_answer
 
@@ -122,10 +124,14 @@ def vp9(data: bytes) -> None:
     word = vp9_layers(data)
     is_vp9_keyframe(data)
     vp9_spatial_sizes(data)
+    picture_id = vp9_picture_id(data)
+    tl0picidx = vp9_tl0picidx(data)
     try:
         descriptor = Vp9Descriptor.parse(data)
     except ValueError:
         return
+    assert picture_id == (-1 if descriptor.picture_id is None else descriptor.picture_id)
+    assert tl0picidx == (-1 if descriptor.tl0picidx is None else descriptor.tl0picidx)
     assert word >= 0 and descriptor.size <= len(data)
     if descriptor.tid is not None:
         assert word & 0x07 == descriptor.tid and (word >> 3) & 0x07 == descriptor.sid

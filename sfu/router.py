@@ -160,7 +160,9 @@ class ProducerRoute:
         self._restart(self.forwardings[consumer.id])
 
     def set_target_layer(self, consumer: Consumer, layer: int | None) -> None:
-        """Forward ``layer`` from its next key frame on; None stops forwarding."""
+        """Forward ``layer`` from its next key frame on; None stops forwarding. For a
+        VP9 SVC track the layer is a spatial layer of its one stream, which the
+        consumer selects (going up asks for a key picture)."""
         forwarding = self.forwardings[consumer.id]
         if layer is None:
             forwarding.target_layer = None
@@ -171,15 +173,15 @@ class ProducerRoute:
         stream = self.producer.stream_for_layer(layer)
         if stream is None:
             return
-        svc = isinstance(consumer, SvcConsumer) and self.producer.svc
-        if isinstance(consumer, SvcConsumer) and svc:
+        svc = consumer if isinstance(consumer, SvcConsumer) and self.producer.svc else None
+        if svc is not None:
             # The spatial layers of the one stream are the consumer's to select.
-            consumer.set_target_spatial_layer(layer)
+            svc.set_target_spatial_layer(layer)
         if stream is forwarding.stream:
             self._unpend(forwarding)
             current = forwarding.current_layer
             top = spatial_layer_count(stream) - 1
-            if svc and current is not None and min(layer, top) > current:
+            if svc is not None and current is not None and min(layer, top) > current:
                 # K-SVC: a higher spatial layer starts at a key picture.
                 self.producer.request_key_frame(stream)
             return

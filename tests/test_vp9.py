@@ -31,7 +31,9 @@ from sfu.rtp.vp9 import (
     is_vp9_keyframe,
     rewrite_vp9_picture,
     vp9_layers,
+    vp9_picture_id,
     vp9_spatial_sizes,
+    vp9_tl0picidx,
 )
 from sfu.sdp import Codec
 
@@ -152,6 +154,17 @@ def test_a_seven_bit_picture_id_without_layer_indices():
     assert rewrite_vp9_picture(payload, 130, None) == bytes([0b1000_1100, 130 & 0x7F, 0xAA])
 
 
+def test_the_picture_id_and_tl0picidx_readers():
+    assert (vp9_picture_id(NON_FLEXIBLE), vp9_tl0picidx(NON_FLEXIBLE)) == (0x1234, 0x77)
+    assert [vp9_picture_id(NON_FLEXIBLE[:end]) for end in range(4)] == [-1, -1, -1, 0x1234]
+    assert [vp9_tl0picidx(NON_FLEXIBLE[:end]) for end in range(6)] == [-1] * 5 + [0x77]
+    seven_bit = bytes([0b1010_1000, 0x05, 0x00, 0x09])  # I, L, B; 7-bit id; TL0PICIDX 9
+    assert (vp9_picture_id(seven_bit), vp9_tl0picidx(seven_bit)) == (5, 9)
+    flexible = golden("chromium-l3t3-key.jsonl")[0]["head"]
+    assert isinstance(flexible, bytes)
+    assert (vp9_picture_id(flexible), vp9_tl0picidx(flexible)) == (7042, -1)
+
+
 def test_rewriting_the_picture_id_and_tl0picidx_keeps_everything_else():
     rewritten = rewrite_vp9_picture(NON_FLEXIBLE, 0x8001, 0x102)
     descriptor = Vp9Descriptor.parse(rewritten)
@@ -190,6 +203,7 @@ def test_random_bytes_parse_or_raise_value_error(data: bytes) -> None:
     assert word == -1 or 0 <= word < 1 << 12
     is_vp9_keyframe(data)
     vp9_spatial_sizes(data)
+    assert -1 <= vp9_picture_id(data) < 1 << 15 and -1 <= vp9_tl0picidx(data) < 256
 
 
 def test_a_producer_drops_and_counts_a_truncated_descriptor():

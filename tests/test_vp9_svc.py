@@ -239,9 +239,12 @@ async def test_vp9_simulcast_keeps_picture_ids_and_tl0picidx_continuous_across_a
     send(2, 12, vp9_payload(1002, 52))
     send(0, 501, vp9_payload(8, 4, key=True))
     send(0, 502, vp9_payload(9, 5))
+    room.router.set_target_layer(consumer, 2)
+    send(2, 13, vp9_payload(0x7FFF, 255, key=True))  # back up, at a key frame about to wrap
+    send(2, 14, vp9_payload(0, 0))
     sent = [Vp9Descriptor.parse(p) for _, p in room.sent["CO_sim"]]
     assert [(d.picture_id, d.tl0picidx) for d in sent] == [
-        (1000, 50), (1001, 51), (1002, 52), (1003, 53), (1004, 54)
+        (1000, 50), (1001, 51), (1002, 52), (1003, 53), (1004, 54), (1005, 55), (1006, 56)
     ]  # fmt: skip
     assert_contiguous(room.sent["CO_sim"])
 

@@ -290,6 +290,26 @@ def vp9_spatial_sizes(payload: bytes) -> tuple[tuple[int, int], ...]:
     return () if structure is None else structure.sizes
 
 
+def vp9_picture_id(payload: bytes) -> int:
+    """The picture id (7 or 15 bits), -1 when there is none or it is truncated."""
+    if len(payload) < 2 or not payload[0] & _I:
+        return -1
+    if not payload[1] & _M:
+        return payload[1]
+    return ((payload[1] & 0x7F) << 8) | payload[2] if len(payload) > 2 else -1
+
+
+def vp9_tl0picidx(payload: bytes) -> int:
+    """TL0PICIDX (non-flexible mode with layer indices), -1 when there is none or it is
+    truncated."""
+    if not payload or payload[0] & (_L | _F) != _L:
+        return -1
+    pos = 2
+    if payload[0] & _I:
+        pos = 4 if len(payload) > 1 and payload[1] & _M else 3
+    return payload[pos] if len(payload) > pos else -1
+
+
 def rewrite_vp9_picture(payload: bytes, picture_id: int, tl0picidx: int | None) -> bytes:
     """``payload`` with its picture id (taken modulo the width it has) and, unless
     None or absent, its TL0PICIDX replaced. The caller checked that it has a picture id
