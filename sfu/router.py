@@ -205,9 +205,9 @@ class ProducerRoute:
     ) -> TrackAllocationInput:
         """What the allocator and dynacast need to know about ``consumer``."""
         forwarding = self.forwardings[consumer.id]
-        stream = self.producer.layers[0]
-        if stream is not None and isinstance(consumer, SvcConsumer) and self.producer.svc:
-            layers = svc_layers(stream, now)
+        only = self.producer.layers[0]
+        if only is not None and isinstance(consumer, SvcConsumer) and self.producer.svc:
+            layers = svc_layers(only, now)
         else:
             layers = [
                 LayerInfo(
