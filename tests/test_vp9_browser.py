@@ -32,6 +32,7 @@ from browser import (
     wait_until,
     watch_decoding,
 )
+from firefox import firefox, firefox_available, open_demo
 from netns import VethNamespace, netns_unavailable_reason, veth_namespace
 from server import ServerUrl, serve_module
 
@@ -102,6 +103,7 @@ def sfu_server(link: VethNamespace) -> Iterator[ServerUrl]:
 
 @dataclass
 class Room:
+    name: str
     loopback: Any
     """The Chromium on loopback (publisher, direct and capped subscribers)."""
     publisher: Any
@@ -154,7 +156,7 @@ def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
                 constrained_browser, f"{remote}/?room={name}&name=shaped&publish=0"
             )
             publisher_id = publisher.evaluate("() => window.sfu.participantId")
-            yield Room(loopback, publisher, publisher_id, direct, capped, constrained, link)
+            yield Room(name, loopback, publisher, publisher_id, direct, capped, constrained, link)
             link.unlimit_downlink()
             for page in (publisher, direct, capped, constrained):
                 assert page.uncaught_errors == [], page.url
@@ -313,3 +315,23 @@ def test_vp9_simulcast_switches_layers_at_their_key_frames(
     finally:
         for page in (publisher, viewer):
             page.close(run_before_unload=True)
+
+
+@pytest.mark.skipif(not firefox_available(), reason="needs /usr/bin/firefox-esr (firefox-esr)")
+def test_a_firefox_subscriber_decodes_the_svc_stream(room: Room, sfu_server: ServerUrl) -> None:
+    """Firefox (ESR 153) offered the VP9 track decodes it, all layers (its own
+    profile and Marionette process: about 10 s of the test's time is its start)."""
+    with firefox() as fox:
+        open_demo(fox, sfu_server, room.name, "fox", publish=False)
+        start = time.monotonic()
+        wait_until(
+            lambda: width_of(fox, room.publisher_id) == TOP_WIDTH,
+            f"Firefox to decode {TOP_WIDTH} px of VP9",
+            RAMP_UP_TIMEOUT,
+            lambda: (page_stats(fox), fox.uncaught_errors),
+        )
+        watched = watch_decoding(fox, room.publisher_id, 3.0)
+        took = time.monotonic() - start
+        print(f"\nFirefox: {TOP_WIDTH} px after {took:.1f}s; {describe(watched)}")
+        assert watched.fps >= MIN_FPS and watched.longest_gap < MAX_FREEZE, watched
+        assert fox.uncaught_errors == []
