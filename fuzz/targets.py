@@ -29,6 +29,15 @@ from sfu.rtp.vp8 import (
     vp8_layer_sync,
     vp8_temporal_id,
 )
+from sfu.rtp.vp9 import (
+    Vp9Descriptor,
+    is_vp9_keyframe,
+    rewrite_vp9_picture,
+    vp9_layers,
+    vp9_picture_id,
+    vp9_spatial_sizes,
+    vp9_tl0picidx,
+)
 from sfu.sdp import LocalTransport, SdpError, SessionDescription, create_publish_answer
 
 ESTIMATOR_HISTORY = 300
@@ -132,6 +141,30 @@ def dependency_descriptor(data: bytes) -> None:
     ) == (later)
 
 
+def vp9(data: bytes) -> None:
+    """The VP9 payload descriptor (RFC 9628) and the per-packet helpers the forwarder
+    calls: the layer word agrees with the full parse, a picture-id rewrite keeps the
+    length."""
+    word = vp9_layers(data)
+    is_vp9_keyframe(data)
+    vp9_spatial_sizes(data)
+    picture_id = vp9_picture_id(data)
+    tl0picidx = vp9_tl0picidx(data)
+    try:
+        descriptor = Vp9Descriptor.parse(data)
+    except ValueError:
+        return
+    assert picture_id == (-1 if descriptor.picture_id is None else descriptor.picture_id)
+    assert tl0picidx == (-1 if descriptor.tl0picidx is None else descriptor.tl0picidx)
+    assert word >= 0 and descriptor.size <= len(data)
+    if descriptor.tid is not None:
+        assert word & 0x07 == descriptor.tid and (word >> 3) & 0x07 == descriptor.sid
+    if descriptor.picture_id is not None:
+        rewritten = rewrite_vp9_picture(data, 0x1234, 7)
+        assert len(rewritten) == len(data)
+        assert Vp9Descriptor.parse(rewritten).size == descriptor.size
+
+
 def sdp(data: bytes) -> None:
     """A publish offer: the SDP parser, its serializer and the publish answer."""
     text = data.decode("utf-8", errors="replace")
@@ -152,5 +185,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "transport_cc": transport_cc,
     "vp8": vp8,
     "dependency_descriptor": dependency_descriptor,
+    "vp9": vp9,
     "sdp": sdp,
 }

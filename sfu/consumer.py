@@ -203,9 +203,12 @@ class Consumer:
         translated = self._munger.translate(seq, ts)
         if translated is None:
             return
-        out_seq, out_ts = translated
         if self._vp8 is not None:
             payload = self._vp8.rewrite(payload)
+        self._send_forwarded(marker_bit, translated[0], translated[1], payload)
+
+    def _send_forwarded(self, marker_bit: int, out_seq: int, out_ts: int, payload: bytes) -> None:
+        """Send a forwarded packet with its outgoing numbers and keep it for NACKs."""
         header = _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
         self._cache[out_seq & _SEQ_MASK] = (header, payload)
         self._at_frame_boundary = marker_bit != 0

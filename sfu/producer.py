@@ -26,10 +26,22 @@ from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
 from sfu.rtp.packet import RTP_HEADER_SIZE, RTP_PADDING_BIT
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.rtp.vp8 import is_vp8_keyframe, vp8_temporal_id
+from sfu.rtp.vp9 import (
+    LAYER_INDICES,
+    LAYER_SID,
+    LAYER_SID_SHIFT,
+    LAYER_TID,
+    is_vp9_keyframe,
+    vp9_layers,
+    vp9_spatial_sizes,
+)
 from sfu.sdp import Codec
 
 TEMPORAL_LAYERS = 4
 """Temporal layer indexes a VP8 descriptor can carry (its TID field has two bits)."""
+SPATIAL_LAYERS = 8
+"""Spatial layer indexes a VP9 descriptor can carry (its SID field has three bits);
+VP9 temporal indexes above :data:`TEMPORAL_LAYERS` are metered with the highest."""
 BITRATE_WINDOW = 1.0
 """Seconds over which a stream's bitrate is measured for the allocator."""
 KNOWN_RID_ORDER = {"q": 0, "h": 1, "f": 2, "l": 0, "m": 1, "0": 0, "1": 1, "2": 2}
@@ -71,6 +83,8 @@ def _key_frame_detector(codec: Codec) -> Callable[[bytes], bool]:
         return is_h264_keyframe
     if name == "av1":
         return is_av1_keyframe
+    if name == "vp9":
+        return is_vp9_keyframe
     return lambda payload: False
 
 
@@ -117,25 +131,53 @@ class RtpStream:
     """Paused at the SFU's request (dynacast): not flowing, but available on demand."""
     temporal_bitrates: tuple[int, ...] = ()
     """Bits per second of temporal layers 0..t together, for each t the stream carries
-    (VP8 with temporal scalability); empty when its packets carry no TID."""
+    (VP8 with temporal scalability); empty when its packets carry no TID. Of spatial
+    layer 0 only in a VP9 SVC stream."""
+    spatial_bitrates: tuple[int, ...] = ()
+    """Bits per second of spatial layers 0..s together, for each s a VP9 SVC stream
+    carries; empty when no packet of a spatial layer above 0 was seen."""
+    spatial_sizes: tuple[tuple[int, int], ...] = ()
+    """(width, height) of each spatial layer, from a VP9 key picture's scalability
+    structure."""
     _window_start: float = 0.0
     _window_bytes: int = 0
     _temporal_bytes: list[int] = field(default_factory=lambda: [0] * TEMPORAL_LAYERS)
+    _spatial_bytes: list[int] | None = None
 
-    def meter(self, size: int, now: float, tid: int = -1) -> None:
-        """Count one packet of ``size`` bytes of temporal layer ``tid`` (-1: none)."""
+    def meter(self, size: int, now: float, tid: int = -1, sid: int = 0) -> None:
+        """Count one packet of ``size`` bytes of temporal layer ``tid`` (-1: none) and
+        spatial layer ``sid``."""
         self.last_packet = now
         self._window_bytes += size
-        if tid >= 0:
+        if sid:
+            spatial = self._spatial_bytes
+            if spatial is None:
+                spatial = self._spatial_bytes = [0] * SPATIAL_LAYERS
+            spatial[sid] += size
+        elif tid >= 0:
             self._temporal_bytes[tid] += size
         elapsed = now - self._window_start
         if elapsed >= BITRATE_WINDOW:
             fresh = elapsed < 3
             self.bitrate = int(self._window_bytes * 8 / elapsed) if fresh else 0
             self.temporal_bitrates = self._cumulative_temporal(elapsed) if fresh else ()
+            if self._spatial_bytes is not None:
+                self.spatial_bitrates = self._cumulative_spatial(elapsed) if fresh else ()
+                self._spatial_bytes = [0] * SPATIAL_LAYERS
             self._window_start = now
             self._window_bytes = 0
             self._temporal_bytes = [0] * TEMPORAL_LAYERS
+
+    def _cumulative_spatial(self, elapsed: float) -> tuple[int, ...]:
+        counted = self._spatial_bytes
+        assert counted is not None
+        highest = max((sid for sid, size in enumerate(counted) if size), default=0)
+        total = self._window_bytes - sum(counted)
+        bitrates = [int(total * 8 / elapsed)]
+        for sid in range(1, highest + 1):
+            total += counted[sid]
+            bitrates.append(int(total * 8 / elapsed))
+        return tuple(bitrates)
 
     def _cumulative_temporal(self, elapsed: float) -> tuple[int, ...]:
         counted = self._temporal_bytes
@@ -258,12 +300,18 @@ class Producer:
         self._key_frame_size = _key_frame_size_reader(self.codec)
         self._reads_size = self._key_frame_size is not _no_size
         self._is_vp8 = self.codec.name.lower() == "vp8"
+        self._is_vp9 = self.codec.name.lower() == "vp9"
         self._send_key_frame_request = send_key_frame_request
         self._send_nack = send_nack
 
     @property
     def simulcast(self) -> bool:
         return len(self.rids) > 1
+
+    @property
+    def svc(self) -> bool:
+        """One VP9 stream whose spatial layers its consumers select (not simulcast)."""
+        return self._is_vp9 and not self.simulcast
 
     def add_stream(self, ssrc: int, rid: str | None) -> RtpStream:
         """Bind a newly seen SSRC (a layer by its RID, or the only stream)."""
@@ -313,6 +361,9 @@ class Producer:
                 return
         seq, ts = _SEQ_TS.unpack_from(data, 2)
         extended = stream.statistics.add(seq, ts, len(data), now)
+        if self._is_vp9:
+            self._receive_vp9(stream, data, payload_start, extended, now)
+            return
         tid = vp8_temporal_id(data, payload_start) if self._is_vp8 else -1
         stream.meter(len(data), now, tid)
         for observer in self.observers:
@@ -343,6 +394,47 @@ class Producer:
         switch_point = (
             key_frame or self.kind == "audio"
         ) and extended == stream.statistics.highest_sequence
+        listener.on_rtp(stream, data[1] & 0x80, seq, ts, payload, tid, switch_point, now)
+
+    def _receive_vp9(
+        self, stream: RtpStream, data: bytes, payload_start: int, extended: int, now: float
+    ) -> None:
+        """:meth:`receive` for VP9, after the receive statistics: the descriptor's layer
+        word (RFC 9628) meters each spatial and temporal layer, a key picture's
+        scalability structure gives each spatial layer's size, and a packet whose
+        descriptor is truncated is counted (``packets_dropped``) and not forwarded,
+        consumers leaving no gap for it."""
+        seq, ts = _SEQ_TS.unpack_from(data, 2)
+        payload = data[payload_start:]
+        word = vp9_layers(payload)
+        if word < 0:
+            self.packets_dropped += 1
+            self._track_loss(stream, seq, now, False)
+            if not self.muted:
+                self.listener.on_padding(stream, seq)
+            return
+        tid = -1
+        sid = 0
+        if word & LAYER_INDICES:
+            tid = word & LAYER_TID
+            sid = (word & LAYER_SID) >> LAYER_SID_SHIFT
+        stream.meter(len(data), now, min(tid, TEMPORAL_LAYERS - 1), sid)
+        for observer in self.observers:
+            observer.receive_rtp(stream, data, payload_start, now)
+        key_frame = self._is_key_frame(payload)
+        if key_frame:
+            sizes = vp9_spatial_sizes(payload)
+            if sizes:
+                stream.spatial_sizes = sizes
+                stream.width, stream.height = sizes[-1]
+        listener = self.listener
+        if self.muted or not listener.wants(stream):
+            self._track_loss(stream, seq, now, False)
+            return
+        if key_frame:
+            stream.key_frames.key_frame_received()
+        self._track_loss(stream, seq, now, key_frame)
+        switch_point = key_frame and extended == stream.statistics.highest_sequence
         listener.on_rtp(stream, data[1] & 0x80, seq, ts, payload, tid, switch_point, now)
 
     def _receive_padding(self, stream: RtpStream, header: bytes, now: float) -> None:

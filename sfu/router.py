@@ -26,6 +26,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sfu.allocator import LayerInfo, TrackAllocationInput
+from sfu.svc_consumer import SvcConsumer
+from sfu.vp9_layer_selector import ALL_LAYERS
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer, SendRtp
@@ -49,7 +51,17 @@ class Forwarding:
 
     @property
     def current_layer(self) -> int | None:
-        return None if self.stream is None else self.stream.layer
+        if self.stream is None:
+            return None
+        consumer = self.consumer
+        if isinstance(consumer, SvcConsumer) and consumer.producer.svc:
+            return min(consumer.current_spatial_layer, spatial_layer_count(self.stream) - 1)
+        return self.stream.layer
+
+
+def spatial_layer_count(stream: RtpStream) -> int:
+    """Spatial layers of a VP9 SVC stream: what its key pictures say, or what flows."""
+    return max(len(stream.spatial_sizes), len(stream.spatial_bitrates), 1)
 
 
 class ProducerRoute:
@@ -148,7 +160,9 @@ class ProducerRoute:
         self._restart(self.forwardings[consumer.id])
 
     def set_target_layer(self, consumer: Consumer, layer: int | None) -> None:
-        """Forward ``layer`` from its next key frame on; None stops forwarding."""
+        """Forward ``layer`` from its next key frame on; None stops forwarding. For a
+        VP9 SVC track the layer is a spatial layer of its one stream, which the
+        consumer selects (going up asks for a key picture)."""
         forwarding = self.forwardings[consumer.id]
         if layer is None:
             forwarding.target_layer = None
@@ -159,8 +173,17 @@ class ProducerRoute:
         stream = self.producer.stream_for_layer(layer)
         if stream is None:
             return
+        svc = consumer if isinstance(consumer, SvcConsumer) and self.producer.svc else None
+        if svc is not None:
+            # The spatial layers of the one stream are the consumer's to select.
+            svc.set_target_spatial_layer(layer)
         if stream is forwarding.stream:
             self._unpend(forwarding)
+            current = forwarding.current_layer
+            top = spatial_layer_count(stream) - 1
+            if svc is not None and current is not None and min(layer, top) > current:
+                # K-SVC: a higher spatial layer starts at a key picture.
+                self.producer.request_key_frame(stream)
             return
         if stream is not forwarding.pending:
             self._unpend(forwarding)
@@ -182,16 +205,20 @@ class ProducerRoute:
     ) -> TrackAllocationInput:
         """What the allocator and dynacast need to know about ``consumer``."""
         forwarding = self.forwardings[consumer.id]
-        layers = [
-            LayerInfo(
-                spatial=index,
-                bitrate=stream.available_bitrate(now) if stream is not None else 0,
-                width=stream.width if stream is not None else 0,
-                height=stream.height if stream is not None else 0,
-                temporal_bitrates=stream.temporal_bitrates if stream is not None else (),
-            )
-            for index, stream in enumerate(self.producer.layers)
-        ]
+        only = self.producer.layers[0]
+        if only is not None and isinstance(consumer, SvcConsumer) and self.producer.svc:
+            layers = svc_layers(only, now)
+        else:
+            layers = [
+                LayerInfo(
+                    spatial=index,
+                    bitrate=stream.available_bitrate(now) if stream is not None else 0,
+                    width=stream.width if stream is not None else 0,
+                    height=stream.height if stream is not None else 0,
+                    temporal_bitrates=stream.temporal_bitrates if stream is not None else (),
+                )
+                for index, stream in enumerate(self.producer.layers)
+            ]
         return TrackAllocationInput(
             consumer_id=consumer.id,
             layers=layers,
@@ -209,9 +236,10 @@ class ProducerRoute:
     def _restart(self, forwarding: Forwarding) -> None:
         self._leave_stream(forwarding)
         target = forwarding.target_layer
-        self.set_target_layer(
-            forwarding.consumer, target if target is not None else len(self.producer.rids)
-        )
+        if target is None:
+            # The top layer until the allocator has measured the layers.
+            target = ALL_LAYERS if self.producer.svc else len(self.producer.rids)
+        self.set_target_layer(forwarding.consumer, target)
 
     def _switch(
         self,
@@ -246,6 +274,25 @@ class ProducerRoute:
             if pending is not None and forwarding in pending:
                 pending.remove(forwarding)
             forwarding.pending = None
+
+
+def svc_layers(stream: RtpStream, now: float) -> list[LayerInfo]:
+    """The spatial layers of a VP9 SVC stream as the allocator's layers: each costs
+    its own bitrate and that of the layers below (it refers to them), the lowest one
+    has the stream's temporal layers."""
+    flowing = stream.available_bitrate(now) > 0
+    bitrates = stream.spatial_bitrates or (stream.bitrate,)
+    sizes = stream.spatial_sizes
+    return [
+        LayerInfo(
+            spatial=index,
+            bitrate=bitrates[index] if flowing and index < len(bitrates) else 0,
+            width=sizes[index][0] if index < len(sizes) else 0,
+            height=sizes[index][1] if index < len(sizes) else 0,
+            temporal_bitrates=stream.temporal_bitrates if index == 0 else (),
+        )
+        for index in range(spatial_layer_count(stream))
+    ]
 
 
 class Router:

@@ -32,6 +32,7 @@ from sfu.protocol import (
 from sfu.rtp import rtcp
 from sfu.rtp.transport_feedback import parse_transport_cc
 from sfu.subscribe_negotiator import SubscribeNegotiator
+from sfu.svc_consumer import SvcConsumer
 from sfu.transport import Transport
 from sfu.worker_api import ProtocolError
 
@@ -89,7 +90,8 @@ class SubscribeSession:
         """A consumer of ``producer`` for this transport (inactive until its m-line is
         negotiated), with the given SSRCs when its m-line has them already."""
         consumer_id = "CO_" + secrets.token_urlsafe(9)
-        consumer = Consumer(consumer_id, producer, self.participant_id, self.bandwidth.send)
+        kind = SvcConsumer if producer.codec.name.lower() == "vp9" else Consumer
+        consumer = kind(consumer_id, producer, self.participant_id, self.bandwidth.send)
         if ssrc is not None:
             consumer.ssrc = ssrc
             consumer.rtx_ssrc = rtx_ssrc

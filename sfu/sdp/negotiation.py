@@ -169,6 +169,16 @@ def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
     return codecs
 
 
+def vp9_outgoing_codecs() -> list[Codec]:
+    """VP9 profile 0 and its rtx, offered to a subscriber only for a VP9 track (the
+    publisher chose it): one that cannot decode it rejects the m-line."""
+    feedback = ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"]
+    return [
+        Codec(98, "VP9", 90000, parameters={"profile-id": "0"}, rtcp_feedback=feedback),
+        Codec(99, "rtx", 90000, parameters={"apt": "98"}),
+    ]
+
+
 H264_STREAM_PARAMETERS = ("profile-level-id", "packetization-mode")
 """H.264 fmtp parameters that describe the stream itself: a subscriber offered the
 track must be told the publisher's values, since it receives the publisher's bits."""
@@ -194,6 +204,8 @@ def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> li
     defaults = default_outgoing_codecs(kind, allow_h264)
     if codec.name.upper() == "AV1":
         defaults += av1_outgoing_codecs()
+    if kind == "video":
+        defaults += vp9_outgoing_codecs()
     codecs = [c for c in defaults if c.name.lower() == codec.name.lower()]
     primary = {c.payload_type for c in codecs}
     codecs += [c for c in defaults if c.is_rtx and c.apt in primary]
@@ -227,6 +239,9 @@ def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
             ),
             None,
         )
+    first = next((c for c in media.codecs if c.name.upper() in ("VP8", "VP9", "H264")), None)
+    if first is not None and _is_vp9_profile_0(first):
+        return first
     vp8 = next((c for c in media.codecs if c.name.upper() == "VP8"), None)
     if vp8 is not None:
         return vp8
@@ -247,6 +262,13 @@ def _choose_primary(media: MediaSection, allow_h264: bool) -> Codec | None:
     preferred = CODEC_POLICY.h264_profile_level_id
     h264.sort(key=lambda c: c.parameters["profile-level-id"].lower() != preferred)
     return h264[0] if h264 else None
+
+
+def _is_vp9_profile_0(codec: Codec) -> bool:
+    """VP9 profile 0 (8-bit 4:2:0, RFC 9628 section 6: profile-id 0 when absent), the
+    profile every browser decodes: accepted from a publisher that offers it before VP8
+    and H.264 (one that prefers VP9, for SVC); otherwise VP8 stays preferred."""
+    return codec.name.upper() == "VP9" and codec.parameters.get("profile-id", "0") == "0"
 
 
 def _answer_codecs(media: MediaSection, allow_h264: bool) -> list[Codec]:

@@ -6,7 +6,9 @@
 // URL parameters: ?room=R&name=N joins directly; the camera is published with
 // simulcast unless &simulcast=0; &publish=0 joins without publishing (watch only);
 // &identity=I picks the identity put in the dev token (random by default);
-// &codec=h264 publishes the camera in H.264 only (what Safari prefers);
+// &codec=h264 publishes the camera in H.264 only (what Safari prefers); &codec=vp9&svc=L3T3_KEY
+// publishes it as one VP9 SVC encoding with that scalabilityMode instead of simulcast, and
+// &codec=vp9&svc=L1T3 as VP9 simulcast (each encoding in L1T3);
 // &relay=1 sends media through the TURN server only (iceTransportPolicy "relay").
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";
@@ -22,6 +24,7 @@ const initial = {
   publish: params.get("publish") === null || flag(params.get("publish")),
   identity: params.get("identity"),
   codec: params.get("codec") ? params.get("codec").toUpperCase() : null,
+  scalabilityMode: params.get("svc"),
   relay: flag(params.get("relay")),
 };
 const server = window.location.origin;
@@ -151,7 +154,8 @@ async function join({
   ui.showRoom(roomName, name);
   setStatus(`joined room ${roomName}`);
   if (publish && current.canPublish) {
-    current.publishCamera({ simulcast, codec }).catch((err) => {
+    const options = { simulcast, codec, scalabilityMode: initial.scalabilityMode };
+    current.publishCamera(options).catch((err) => {
       if (room === current) setStatus(`publishing failed: ${err.message}`, "error");
     });
   }

@@ -1175,7 +1175,10 @@ export class Room extends EventTarget {
    * Resolves with the local stream once the server answered; `localStream` event first.
    * The room stops these tracks when it leaves.
    * @param {{audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints,
-   *   simulcast?: boolean, codec?: string|null}} [options] video defaults to 640x480
+   *   simulcast?: boolean, codec?: string|null, scalabilityMode?: string|null}} [options]
+   *   video defaults to 640x480; `scalabilityMode` with spatial layers ("L3T3_KEY" with
+   *   VP9) sends one SVC encoding instead of simulcast, an L1 mode ("L1T3") applies to
+   *   each simulcast encoding
    * @returns {Promise<MediaStream>}
    * @throws {SfuError} `media_unavailable`, `codec_unavailable`, `not_allowed`, …
    */
@@ -1184,6 +1187,7 @@ export class Room extends EventTarget {
     video = { width: 640, height: 480 },
     simulcast = true,
     codec = null,
+    scalabilityMode = null,
   } = {}) {
     this._requireJoined();
     if (codec && video && videoCodecsFor(codec) === null) {
@@ -1212,8 +1216,18 @@ export class Room extends EventTarget {
     }
     this.localStream = stream;
     this._emit(RoomEvent.LOCAL_STREAM, { stream });
+    // Spatial layers in the mode (L2…, L3…): one SVC encoding; L1… with simulcast:
+    // every simulcast encoding in that mode (VP9 simulcast wants L1T3 on each).
+    let encodings;
+    if (scalabilityMode && (!simulcast || !scalabilityMode.startsWith("L1"))) {
+      encodings = [{ scalabilityMode }];
+    } else if (scalabilityMode) {
+      encodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e, scalabilityMode }));
+    }
     const entries = stream.getTracks().map((track) =>
-      this._entry(track, stream, { simulcast: track.kind === "video" && simulcast, codec }),
+      track.kind === "video" && encodings
+        ? this._entry(track, stream, { encodings, codec })
+        : this._entry(track, stream, { simulcast: track.kind === "video" && simulcast, codec }),
     );
     for (const entry of entries) entry.captured = true;
     this._published.push(...entries);
