@@ -215,8 +215,8 @@ class Participant:
             self.viewer.on_connected()
         elif transport is self.subscribe:
             sender = self.bandwidth.sender()
-            for consumer, payload_type, rtx_payload_type in self.negotiator.accepted():
-                self.room.router.activate(consumer, payload_type, rtx_payload_type, sender)
+            for consumer, payload_type, rtx_payload_type, red in self.negotiator.accepted():
+                self.room.router.activate(consumer, payload_type, rtx_payload_type, sender, red)
 
     def _on_transport_failed(self, transport: Transport) -> None:
         if self._closed:
@@ -501,8 +501,8 @@ class Participant:
             self._send_codec_unsupported(producer)
         if self.subscribe.connected.is_set():
             sender = self.bandwidth.sender()
-            for consumer, payload_type, rtx_payload_type in self.negotiator.accepted():
-                self.room.router.activate(consumer, payload_type, rtx_payload_type, sender)
+            for consumer, payload_type, rtx_payload_type, red in self.negotiator.accepted():
+                self.room.router.activate(consumer, payload_type, rtx_payload_type, sender, red)
         self._maybe_send_offer()
 
     def _send_codec_unsupported(self, producer: Producer) -> None:

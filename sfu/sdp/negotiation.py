@@ -88,7 +88,8 @@ class PublishedMedia:
     mid: str
     kind: str
     codecs: list[Codec]
-    """The accepted codecs: the primary codec first, then its rtx codec if any."""
+    """The accepted codecs: the primary codec first, then its rtx codec (video) or its
+    RED codec (audio, RFC 2198) if any."""
     header_extensions: dict[str, int]
     """Negotiated header extension ids by URI (the offer's ids)."""
     rids: list[str] = field(default_factory=list)
@@ -132,12 +133,37 @@ class NegotiatedMedia:
     header_extensions: dict[str, int]
 
 
+OUTGOING_OPUS_PAYLOAD_TYPE = 111
+OUTGOING_RED_PAYLOAD_TYPE = 63
+"""The payload type of ``audio/red`` in subscribe offers (Chrome's number)."""
+
+
+def red_codec(primary_payload_type: int, payload_type: int) -> Codec:
+    """An ``audio/red`` codec whose blocks are all ``primary_payload_type`` (RFC 2198
+    section 5: ``a=fmtp:<pt> <primary>/<primary>``, one redundant block and the
+    primary, as Chrome offers it)."""
+    blocks = f"{primary_payload_type}/{primary_payload_type}"
+    return Codec(payload_type, "red", 48000, 2, parameters={blocks: ""})
+
+
+def red_block_payload_types(codec: Codec) -> list[int] | None:
+    """The block payload types an ``audio/red`` codec's fmtp names, or None when it is
+    not RED or its fmtp is not a list of payload types."""
+    if codec.name.lower() != "red" or len(codec.parameters) != 1:
+        return None
+    (blocks,) = codec.parameters
+    parts = blocks.split("/")
+    if not all(part.isdigit() and len(part) <= 3 for part in parts):
+        return None
+    return [int(part) for part in parts]
+
+
 def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
     """The server's canonical codecs and payload types for subscribe offers."""
     if kind == "audio":
         return [
             Codec(
-                111,
+                OUTGOING_OPUS_PAYLOAD_TYPE,
                 "opus",
                 48000,
                 2,
@@ -170,16 +196,22 @@ H264_STREAM_PARAMETERS = ("profile-level-id", "packetization-mode")
 track must be told the publisher's values, since it receives the publisher's bits."""
 
 
-def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> list[Codec]:
+def outgoing_codecs_for(
+    kind: str, codec: Codec, allow_h264: bool = False, red: bool = False
+) -> list[Codec]:
     """What to offer a subscriber for a track the publisher sends in ``codec``: the
     server's payload type for that codec and its rtx (RFC 4588: NACKs are answered on
     the consumer's RTX stream); for H.264 with the publisher's profile and
     packetization mode (a subscriber answers the profile it can decode, and one offered
-    constrained baseline should not get, say, High)."""
+    constrained baseline should not get, say, High). ``red``: the publisher sends RED
+    (RFC 2198), offered after the primary codec; a subscriber that drops it gets the
+    primary blocks alone."""
     defaults = default_outgoing_codecs(kind, allow_h264)
     codecs = [c for c in defaults if c.name.lower() == codec.name.lower()]
     primary = {c.payload_type for c in codecs}
     codecs += [c for c in defaults if c.is_rtx and c.apt in primary]
+    if red and kind == "audio" and codecs:
+        codecs.append(red_codec(codecs[0].payload_type, OUTGOING_RED_PAYLOAD_TYPE))
     for ours in codecs:
         if ours.name.upper() == "H264":
             for name in H264_STREAM_PARAMETERS:
@@ -238,7 +270,23 @@ def _answer_codecs(media: MediaSection, allow_h264: bool) -> list[Codec]:
     rtx = next((c for c in media.codecs if c.is_rtx and c.apt == primary.payload_type), None)
     if rtx is not None:
         codecs.append(_accepted_codec(rtx))
+    if media.kind == "audio":
+        red = next((c for c in media.codecs if _is_red_for(c, primary)), None)
+        if red is not None:
+            codecs.append(_accepted_codec(red))
     return codecs
+
+
+def _is_red_for(codec: Codec, primary: Codec) -> bool:
+    """Whether ``codec`` is RED (RFC 2198) with every block in ``primary`` (Chrome
+    offers ``red/48000/2`` with ``a=fmtp:63 111/111``)."""
+    blocks = red_block_payload_types(codec)
+    return (
+        blocks is not None
+        and 0 < len(blocks) <= 4
+        and all(pt == primary.payload_type for pt in blocks)
+        and codec.clock_rate == primary.clock_rate
+    )
 
 
 _ANSWER_EXTENSION_DIRECTION = {None: None, "sendrecv": None, "sendonly": "recvonly"}
