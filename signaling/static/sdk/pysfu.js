@@ -1649,6 +1649,11 @@ export class Room extends EventTarget {
           keyFramesDecoded: s.keyFramesDecoded ?? 0,
           framesDropped: s.framesDropped ?? 0,
           freezeCount: s.freezeCount ?? 0,
+          // Audio: what was played, and how much of it concealed losses.
+          totalSamplesReceived: s.totalSamplesReceived ?? 0,
+          concealedSamples: s.concealedSamples ?? 0,
+          totalAudioEnergy: s.totalAudioEnergy ?? 0,
+          mimeType: report.get(s.codecId)?.mimeType ?? null,
           participantId: info ? info.participant_id : null,
           trackId: info ? info.track_id : null,
         });
