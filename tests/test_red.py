@@ -126,6 +126,7 @@ def test_publish_answer_accepts_red_only_for_its_primary_codec() -> None:
     answer, published = create_publish_answer(offer, LOCAL)
     assert [(c.payload_type, c.name) for c in published[0].codecs] == [(111, "opus"), (63, "red")]
     assert "a=fmtp:63 111/111" in str(answer)
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 63 111" in str(answer), "RED first, or Chrome won't send it"
     other = fixture_text("chrome-plain-offer").replace("a=fmtp:63 111/111", "a=fmtp:63 111/0")
     _, published = create_publish_answer(SessionDescription.parse(other), LOCAL)
     assert [c.name for c in published[0].codecs] == ["opus"]

@@ -96,6 +96,11 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "sfu_rtcp_feedback_sent": ("RTCP feedback sent to publishers, by type", "type"),
     "sfu_layer_switches": ("Simulcast layer switches of consumers", ""),
+    "sfu_rtp_red_recovered_packets": (
+        "Packets a RED publisher's link lost (RFC 2198) that subscribers without RED got "
+        "from the next packet's redundant block",
+        "",
+    ),
     "sfu_transport_errors": (
         "Transport errors, by type (send: sendto/protect failed, handler: exception "
         "in a packet handler)",
@@ -144,6 +149,7 @@ COUNTER_LABELS: dict[str, tuple[str, ...]] = {
     "sfu_rtcp_dropped_packets": ("budget",),
     "sfu_rtcp_feedback_sent": ("nack", "pli"),
     "sfu_layer_switches": ("",),
+    "sfu_rtp_red_recovered_packets": ("",),
     "sfu_transport_errors": ("send", "handler"),
     "sfu_ice_dropped_packets": DROP_REASONS,
     "sfu_ice_tcp_closed_connections": CLOSE_REASONS,
@@ -261,6 +267,7 @@ def _consumer_counts(consumer: Consumer) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtcp_feedback_received", "fir"), consumer.firs_received
     yield ("sfu_layer_switches", ""), consumer.layer_switches
     yield ("sfu_rtp_dropped_packets", "malformed_red"), consumer.red_malformed
+    yield ("sfu_rtp_red_recovered_packets", ""), consumer.red_recovered
 
 
 def _participant_counts(participant: Participant) -> Iterator[tuple[CounterKey, int]]:

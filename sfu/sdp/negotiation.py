@@ -431,15 +431,18 @@ def _answer_media(
     if not codecs or offered.mid is None:
         return _rejected_section(offered), None
     extensions = _answer_header_extensions(offered)
+    # RED first: libwebrtc sends RED only when it precedes its primary codec in the
+    # answer (Chrome offers it after Opus, and sends plain Opus to such an answer).
+    answered = sorted(codecs, key=lambda codec: codec.name.lower() != "red")
     answer = MediaSection(
         kind=offered.kind,
         port=9,
         protocol=offered.protocol,
-        formats=[str(codec.payload_type) for codec in codecs],
+        formats=[str(codec.payload_type) for codec in answered],
         mid=offered.mid,
         direction="recvonly",
         host="0.0.0.0",
-        codecs=codecs,
+        codecs=answered,
         header_extensions=extensions,
         rtcp_mux=True,
         rtcp_rsize=offered.rtcp_rsize,

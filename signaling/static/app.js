@@ -7,7 +7,8 @@
 // simulcast unless &simulcast=0; &publish=0 joins without publishing (watch only);
 // &identity=I picks the identity put in the dev token (random by default);
 // &codec=h264 publishes the camera in H.264 only (what Safari prefers);
-// &relay=1 sends media through the TURN server only (iceTransportPolicy "relay").
+// &relay=1 sends media through the TURN server only (iceTransportPolicy "relay");
+// &dtx=1 publishes the microphone with Opus DTX (almost nothing sent during silence).
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";
 import { VideoQuality } from "./quality.js";
@@ -23,6 +24,7 @@ const initial = {
   identity: params.get("identity"),
   codec: params.get("codec") ? params.get("codec").toUpperCase() : null,
   relay: flag(params.get("relay")),
+  dtx: flag(params.get("dtx")),
 };
 const server = window.location.origin;
 const ui = new Ui();
@@ -91,6 +93,9 @@ function wire(current, { room: roomName, name, simulcast }) {
   on(RoomEvent.ACTIVE_SPEAKERS, ({ participantIds }) =>
     ui.setActiveSpeakers(participantIds, current.participantId),
   );
+  on(RoomEvent.CONNECTION_QUALITY, ({ qualities }) =>
+    ui.setConnectionQualities(qualities, current.participantId),
+  );
   on(RoomEvent.LOCAL_STREAM, ({ stream }) => ui.setLocalStream(stream));
   on(RoomEvent.DATA, ({ message }) => {
     dataMessages.push(message);
@@ -151,7 +156,7 @@ async function join({
   ui.showRoom(roomName, name);
   setStatus(`joined room ${roomName}`);
   if (publish && current.canPublish) {
-    current.publishCamera({ simulcast, codec }).catch((err) => {
+    current.publishCamera({ simulcast, codec, dtx: initial.dtx }).catch((err) => {
       if (room === current) setStatus(`publishing failed: ${err.message}`, "error");
     });
   }
@@ -205,6 +210,9 @@ window.sfu = {
   },
   get activeSpeakers() {
     return room ? room.activeSpeakers : [];
+  },
+  get connectionQualities() {
+    return room ? room.connectionQualities : {};
   },
   get status() {
     return statusText;
