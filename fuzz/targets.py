@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.rtp import rtcp
 from sfu.rtp.packet import RtpHeader, read_payload_and_extensions
+from sfu.rtp.red import parse_red, red_primary_start, rewrite_red_payload_types
 from sfu.rtp.transport_feedback import TransportCcFeedback, parse_transport_cc
 from sfu.rtp.vp8 import (
     Vp8Descriptor,
@@ -108,6 +109,21 @@ def vp8(data: bytes) -> None:
     assert len(buffer) == len(data)
 
 
+def red(data: bytes) -> None:
+    """A RED payload (RFC 2198): the block parser, its fast path and the payload type
+    rewrite a consumer applies."""
+    parsed = parse_red(data)
+    start = red_primary_start(data)
+    if parsed is None:
+        assert start == -1
+        return
+    assert start == parsed.primary_start <= len(data)
+    rewritten = rewrite_red_payload_types(data, parsed, 111)
+    assert len(rewritten) == len(data)
+    reparsed = parse_red(rewritten)
+    assert reparsed is not None and reparsed.primary_start == parsed.primary_start
+
+
 def sdp(data: bytes) -> None:
     """A publish offer: the SDP parser, its serializer and the publish answer."""
     text = data.decode("utf-8", errors="replace")
@@ -127,5 +143,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "rtcp": rtcp_compound,
     "transport_cc": transport_cc,
     "vp8": vp8,
+    "red": red,
     "sdp": sdp,
 }

@@ -81,10 +81,13 @@ class Consumer:
         self._red_unwrap = False
         """The producer sends RED (RFC 2198) and the subscriber did not negotiate it:
         it gets the primary blocks, and a lost packet's frame from the next packet's
-        redundant block (:meth:`_unwrap_red`)."""
+        redundant block (:meth:`_red_payload`)."""
         self._red_block_payload_type: int | None = None
         """The subscriber negotiated RED with another number for the primary codec
         than the publisher's: block headers are rewritten to it."""
+        self._red_rewrite = False
+        """Either of the two above: :meth:`forward` rewrites RED payloads (one test on
+        the hot path)."""
         self._red_last_seq: int | None = None
         """The newest source sequence number forwarded of a RED stream unwrapped."""
         self.red_malformed = 0
@@ -167,6 +170,7 @@ class Consumer:
             self.payload_type = red_payload_type
             if payload_type != self.producer.codec.payload_type:
                 self._red_block_payload_type = payload_type
+        self._red_rewrite = self._red_unwrap or self._red_block_payload_type is not None
         started = not self.active
         self.active = True
         return started
@@ -211,7 +215,7 @@ class Consumer:
         """
         if not self.active or self.paused:
             return
-        if self._red_unwrap or self._red_block_payload_type is not None:
+        if self._red_rewrite:
             red_payload = self._red_payload(seq, ts, payload)
             if red_payload is None:
                 return
