@@ -90,6 +90,9 @@ class Consumer:
         the hot path)."""
         self._red_last_seq: int | None = None
         """The newest source sequence number forwarded of a RED stream unwrapped."""
+        self._red_refilled: list[int] = []
+        """Source sequence numbers the latest refill sent from redundancy: the
+        originals, arriving late, are not sent again."""
         self.red_malformed = 0
         """RED payloads dropped as malformed."""
         self.red_recovered = 0
@@ -196,6 +199,7 @@ class Consumer:
         if switched:
             self.layer_switches += 1
         self._red_last_seq = None
+        self._red_refilled = []
         self._munger.switch(seq, ts, now, self.clock_rate)
         if self._vp8 is not None:
             self._vp8.switch(payload)
@@ -267,11 +271,13 @@ class Consumer:
         if last is not None:
             ahead = (seq - last) & 0xFFFF
             if ahead >= 0x8000:
-                # Reordered: older than what was forwarded; its redundancy is stale.
-                return payload[parsed.primary_start :]
+                # Reordered: older than what was forwarded; its redundancy is stale,
+                # and its frame went out already if a refill sent it.
+                return None if seq in self._red_refilled else payload[parsed.primary_start :]
             missing = ahead - 1
             redundant = parsed.redundant
             if 0 < missing <= len(redundant):
+                self._red_refilled = [(seq - k) & 0xFFFF for k in range(missing, 0, -1)]
                 # Packet seq - k is the frame of the k-th redundant block from the end.
                 for k in range(missing, 0, -1):
                     block = redundant[-k]

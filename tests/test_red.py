@@ -210,10 +210,48 @@ def test_a_consumer_with_red_and_another_primary_payload_type_gets_block_headers
     assert room.sent["red"][0][3] == red(frame(10), (960, frame(9)), pt=109)
 
 
-def test_a_late_packet_brings_no_stale_redundancy() -> None:
+def test_a_late_packet_is_not_sent_again_once_refilled() -> None:
     room = RedRoom()
     plain = room.consumer("plain", 111, None)
-    for seq in (10, 12, 11):
+    # 11 and 13 come late; 13 and 14 were both missing, too many for one redundant block
+    for seq in (10, 12, 11, 15, 16, 13):
         room.packet(seq, red_of(seq))
-    assert [p for _, _, _, p in room.sent["plain"]] == [frame(10), frame(11), frame(12), frame(11)]
+    sent = [p for _, _, _, p in room.sent["plain"]]
+    assert sent == [frame(n) for n in (10, 11, 12, 15, 16, 13)]
     assert plain.red_recovered == 1
+
+
+@given(st.lists(st.sampled_from(["ok", "lost", "malformed", "plain"]), min_size=1, max_size=60))
+def test_unwrapped_sequence_numbers_and_timestamps_stay_in_step(events: list[str]) -> None:
+    """Whatever is lost or malformed: every packet that arrives whole is sent, a lost one
+    whenever the next packet's redundancy carries it (it follows one that arrived), a
+    malformed one leaves no gap, and sequence numbers and timestamps stay in step with
+    the source's."""
+    room = RedRoom()
+    room.consumer("plain", 111, None)
+    room.packet(0, red_of(0))
+    kinds = ["ok", *events]
+    for seq, event in enumerate(kinds[1:], start=1):
+        if event == "ok":
+            room.packet(seq, red_of(seq))
+        elif event == "plain":
+            room.packet(seq, frame(seq), pt=111)
+        elif event == "malformed":
+            room.packet(seq, b"\xef")
+    arrived = ("ok", "plain")
+    expected = [
+        seq
+        for seq, event in enumerate(kinds)
+        if event in arrived
+        or (
+            event == "lost"
+            and kinds[seq - 1] in arrived
+            and seq + 1 < len(kinds)
+            and kinds[seq + 1] == "ok"
+        )
+    ]
+    sent = room.relative("plain")
+    assert [int(payload.removeprefix(b"frame")) for *_, payload in sent] == expected
+    for (_, out_seq, out_ts, _), source in zip(sent, expected, strict=True):
+        assert out_seq == source - kinds[:source].count("malformed")
+        assert out_ts == source
