@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sfu.producer import TEMPORAL_LAYERS
-from sfu.rtp.red import parse_red, rewrite_red_payload_types
+from sfu.rtp.red import parse_red, red_primary_start, rewrite_red_payload_types
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
 from sfu.rtp.vp8 import is_vp8_frame_start, is_vp8_keyframe, vp8_layer_sync
 from sfu.rtp_munger import RtpMunger
@@ -257,38 +257,51 @@ class Consumer:
         (after sending the frames of the packets just lost from its redundant blocks)
         when the subscriber did not negotiate RED, else the payload with the
         subscriber's block payload type; None for a malformed payload, dropped and
-        counted without leaving a gap in the sequence numbers."""
-        parsed = parse_red(payload)
-        if parsed is None:
+        counted without leaving a gap in the sequence numbers, and for the late
+        original of a packet already sent from redundancy. Only a gap costs a full
+        parse; otherwise the primary block is found by its headers' lengths."""
+        if not self._red_unwrap:
+            parsed = parse_red(payload)
+            if parsed is None:
+                self.red_malformed += 1
+                self._munger.drop(seq)
+                return None
+            assert self._red_block_payload_type is not None
+            return rewrite_red_payload_types(payload, parsed, self._red_block_payload_type)
+        start = red_primary_start(payload)
+        if start < 0:
             self.red_malformed += 1
             self._munger.drop(seq)
             return None
-        block_payload_type = self._red_block_payload_type
-        if not self._red_unwrap:
-            assert block_payload_type is not None
-            return rewrite_red_payload_types(payload, parsed, block_payload_type)
         last = self._red_last_seq
         if last is not None:
             ahead = (seq - last) & 0xFFFF
             if ahead >= 0x8000:
                 # Reordered: older than what was forwarded; its redundancy is stale,
                 # and its frame went out already if a refill sent it.
-                return None if seq in self._red_refilled else payload[parsed.primary_start :]
-            missing = ahead - 1
-            redundant = parsed.redundant
-            if 0 < missing <= len(redundant):
-                self._red_refilled = [(seq - k) & 0xFFFF for k in range(missing, 0, -1)]
-                # Packet seq - k is the frame of the k-th redundant block from the end.
-                for k in range(missing, 0, -1):
-                    block = redundant[-k]
-                    if block.end > block.start and block.timestamp_offset:
-                        self._send_recovered(
-                            (seq - k) & 0xFFFF,
-                            (ts - block.timestamp_offset) & 0xFFFFFFFF,
-                            payload[block.start : block.end],
-                        )
+                return None if seq in self._red_refilled else payload[start:]
+            if ahead > 1:
+                self._refill(seq, ts, payload, ahead - 1)
         self._red_last_seq = seq
-        return payload[parsed.primary_start :]
+        return payload[start:]
+
+    def _refill(self, seq: int, ts: int, payload: bytes, missing: int) -> None:
+        """The ``missing`` packets before source packet ``seq`` were lost: send their
+        frames from its redundant blocks, if it carries that many (packet ``seq - k``
+        is the frame of the k-th redundant block from the end)."""
+        parsed = parse_red(payload)
+        if parsed is None or missing > len(parsed.redundant):
+            return
+        redundant = parsed.redundant
+        self._red_refilled = [(seq - k) & 0xFFFF for k in range(missing, 0, -1)]
+        for k in range(missing, 0, -1):
+            block = redundant[-k]
+            if block.end > block.start and block.timestamp_offset:
+                self._send_recovered(
+                    (seq - k) & 0xFFFF,
+                    (ts - block.timestamp_offset) & 0xFFFFFFFF,
+                    payload[block.start : block.end],
+                )
 
     def _send_recovered(self, seq: int, ts: int, payload: bytes) -> None:
         """Send the frame of lost source packet ``seq`` (from a redundant block)."""
