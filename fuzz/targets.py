@@ -20,6 +20,7 @@ from sfu.rtp.dependency_descriptor import (
     write_dependency_descriptor,
 )
 from sfu.rtp.packet import RtpHeader, read_payload_and_extensions
+from sfu.rtp.red import parse_red, red_primary_start, rewrite_red_payload_types
 from sfu.rtp.transport_feedback import TransportCcFeedback, parse_transport_cc
 from sfu.rtp.vp8 import (
     Vp8Descriptor,
@@ -165,6 +166,21 @@ def vp9(data: bytes) -> None:
         assert Vp9Descriptor.parse(rewritten).size == descriptor.size
 
 
+def red(data: bytes) -> None:
+    """A RED payload (RFC 2198): the block parser, its fast path and the payload type
+    rewrite a consumer applies."""
+    parsed = parse_red(data)
+    start = red_primary_start(data)
+    if parsed is None:
+        assert start == -1
+        return
+    assert start == parsed.primary_start <= len(data)
+    rewritten = rewrite_red_payload_types(data, parsed, 111)
+    assert len(rewritten) == len(data)
+    reparsed = parse_red(rewritten)
+    assert reparsed is not None and reparsed.primary_start == parsed.primary_start
+
+
 def sdp(data: bytes) -> None:
     """A publish offer: the SDP parser, its serializer and the publish answer."""
     text = data.decode("utf-8", errors="replace")
@@ -186,5 +202,6 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "vp8": vp8,
     "dependency_descriptor": dependency_descriptor,
     "vp9": vp9,
+    "red": red,
     "sdp": sdp,
 }

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sfu.producer import TEMPORAL_LAYERS
+from sfu.rtp.red import parse_red, red_primary_start, rewrite_red_payload_types
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
 from sfu.rtp.vp8 import is_vp8_frame_start, is_vp8_keyframe, vp8_layer_sync
 from sfu.rtp_munger import RtpMunger
@@ -77,6 +78,25 @@ class Consumer:
         in an ``a=ssrc-group:FID``; used when it negotiated rtx."""
         self.payload_type = 0
         self.rtx_payload_type: int | None = None
+        self._red_unwrap = False
+        """The producer sends RED (RFC 2198) and the subscriber did not negotiate it:
+        it gets the primary blocks, and a lost packet's frame from the next packet's
+        redundant block (:meth:`_red_payload`)."""
+        self._red_block_payload_type: int | None = None
+        """The subscriber negotiated RED with another number for the primary codec
+        than the publisher's: block headers are rewritten to it."""
+        self._red_rewrite = False
+        """Either of the two above: :meth:`forward` rewrites RED payloads (one test on
+        the hot path)."""
+        self._red_last_seq: int | None = None
+        """The newest source sequence number forwarded of a RED stream unwrapped."""
+        self._red_refilled: list[int] = []
+        """Source sequence numbers the latest refill sent from redundancy: the
+        originals, arriving late, are not sent again."""
+        self.red_malformed = 0
+        """RED payloads dropped as malformed."""
+        self.red_recovered = 0
+        """Lost packets replaced by a later packet's redundant block."""
         self.clock_rate = producer.clock_rate
         self.active = False
         """The subscriber accepted the m-line and its transport is connected."""
@@ -135,15 +155,25 @@ class Consumer:
         payload_type: int,
         rtx_payload_type: int | None = None,
         send_rtp: SendRtp | None = None,
+        red_payload_type: int | None = None,
     ) -> bool:
         """The subscriber accepted this consumer's m-line with ``payload_type`` (and
-        ``rtx_payload_type`` for retransmissions, when it negotiated rtx) and its
-        transport is up: forward through ``send_rtp`` when given (the transport's
-        current send path). True when it was not active before (its route restarts it)."""
+        ``rtx_payload_type`` for retransmissions, when it negotiated rtx, and
+        ``red_payload_type`` when it negotiated RED) and its transport is up: forward
+        through ``send_rtp`` when given (the transport's current send path). True when
+        it was not active before (its route restarts it)."""
         if send_rtp is not None:
             self._send_rtp = send_rtp
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type if self.rtx_ssrc is not None else None
+        red_publisher = self.producer.red_payload_type is not None
+        self._red_unwrap = red_publisher and red_payload_type is None
+        self._red_block_payload_type = None
+        if red_publisher and red_payload_type is not None:
+            self.payload_type = red_payload_type
+            if payload_type != self.producer.codec.payload_type:
+                self._red_block_payload_type = payload_type
+        self._red_rewrite = self._red_unwrap or self._red_block_payload_type is not None
         started = not self.active
         self.active = True
         return started
@@ -168,6 +198,8 @@ class Consumer:
         stream for it (a layer switch)."""
         if switched:
             self.layer_switches += 1
+        self._red_last_seq = None
+        self._red_refilled = []
         self._munger.switch(seq, ts, now, self.clock_rate)
         if self._vp8 is not None:
             self._vp8.switch(payload)
@@ -187,6 +219,11 @@ class Consumer:
         """
         if not self.active or self.paused:
             return
+        if self._red_rewrite:
+            red_payload = self._red_payload(seq, ts, payload)
+            if red_payload is None:
+                return
+            payload = red_payload
         limit = self._temporal_limit
         target = self._temporal_target
         if target != limit and is_vp8_frame_start(payload):
@@ -216,6 +253,70 @@ class Consumer:
         self.octets_sent += len(payload)
         if self.first_forwarded_at is None:
             self.first_forwarded_at = time.monotonic()
+        self._send_rtp(header, payload)
+
+    def _red_payload(self, seq: int, ts: int, payload: bytes) -> bytes | None:
+        """What to send of the RED payload of source packet ``seq``: the primary block
+        (after sending the frames of the packets just lost from its redundant blocks)
+        when the subscriber did not negotiate RED, else the payload with the
+        subscriber's block payload type; None for a malformed payload, dropped and
+        counted without leaving a gap in the sequence numbers, and for the late
+        original of a packet already sent from redundancy. Only a gap costs a full
+        parse; otherwise the primary block is found by its headers' lengths."""
+        if not self._red_unwrap:
+            parsed = parse_red(payload)
+            if parsed is None:
+                self.red_malformed += 1
+                self._munger.drop(seq)
+                return None
+            assert self._red_block_payload_type is not None
+            return rewrite_red_payload_types(payload, parsed, self._red_block_payload_type)
+        start = red_primary_start(payload)
+        if start < 0:
+            self.red_malformed += 1
+            self._munger.drop(seq)
+            return None
+        last = self._red_last_seq
+        if last is not None:
+            ahead = (seq - last) & 0xFFFF
+            if ahead >= 0x8000:
+                # Reordered: older than what was forwarded; its redundancy is stale,
+                # and its frame went out already if a refill sent it.
+                return None if seq in self._red_refilled else payload[start:]
+            if ahead > 1:
+                self._refill(seq, ts, payload, ahead - 1)
+        self._red_last_seq = seq
+        return payload[start:]
+
+    def _refill(self, seq: int, ts: int, payload: bytes, missing: int) -> None:
+        """The ``missing`` packets before source packet ``seq`` were lost: send their
+        frames from its redundant blocks, if it carries that many (packet ``seq - k``
+        is the frame of the k-th redundant block from the end)."""
+        parsed = parse_red(payload)
+        if parsed is None or missing > len(parsed.redundant):
+            return
+        redundant = parsed.redundant
+        self._red_refilled = [(seq - k) & 0xFFFF for k in range(missing, 0, -1)]
+        for k in range(missing, 0, -1):
+            block = redundant[-k]
+            if block.end > block.start and block.timestamp_offset:
+                self._send_recovered(
+                    (seq - k) & 0xFFFF,
+                    (ts - block.timestamp_offset) & 0xFFFFFFFF,
+                    payload[block.start : block.end],
+                )
+
+    def _send_recovered(self, seq: int, ts: int, payload: bytes) -> None:
+        """Send the frame of lost source packet ``seq`` (from a redundant block)."""
+        translated = self._munger.translate(seq, ts)
+        if translated is None:
+            return
+        out_seq, out_ts = translated
+        header = _HEADER.pack(0x80, self.payload_type, out_seq, out_ts, self.ssrc)
+        self._cache[out_seq & _SEQ_MASK] = (header, payload)
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        self.red_recovered += 1
         self._send_rtp(header, payload)
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ from sfu.rtp.av1 import is_av1_keyframe
 from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
 from sfu.rtp.packet import RTP_HEADER_SIZE, RTP_PADDING_BIT
 from sfu.rtp.receive_statistics import ReceiveStatistics
+from sfu.rtp.red import red_primary_only
 from sfu.rtp.vp8 import is_vp8_keyframe, vp8_temporal_id
 from sfu.rtp.vp9 import (
     LAYER_INDICES,
@@ -282,6 +283,11 @@ class Producer:
         self.codecs = codecs
         self.payload_types = {c.payload_type for c in codecs if c.name.lower() != "rtx"}
         self.rtx_payload_types = {c.payload_type for c in codecs if c.name.lower() == "rtx"}
+        self.red_payload_type = next(
+            (c.payload_type for c in codecs if c.name.lower() == "red"), None
+        )
+        """The publisher's RED payload type (RFC 2198) when it negotiated RED: its
+        consumers then get every packet as a RED payload (:meth:`receive`)."""
         self.clock_rate = self.codec.clock_rate
         self.rids = sorted(rids, key=lambda r: (KNOWN_RID_ORDER.get(r, 99), rids.index(r)))
         self.source = source
@@ -389,6 +395,10 @@ class Producer:
                 if size is not None:
                     stream.width, stream.height = size
             self._track_loss(stream, seq, now, key_frame)
+        elif self.red_payload_type is not None and data[1] & 0x7F != self.red_payload_type:
+            # A plain packet of a RED stream (libwebrtc sends frames too large for RED
+            # that way): wrapped as RED without redundancy, so consumers see one format.
+            payload = red_primary_only(self.codec.payload_type, payload)
         # A switch starts at the newest packet only: a key frame older than that (an RTX
         # probe copying what was sent long ago) would leave the subscriber a gap.
         switch_point = (

@@ -337,6 +337,18 @@ class ActiveSpeakersMessage(_Message):
     participant_ids: list[str]
 
 
+ConnectionQualityLabel = Literal["excellent", "good", "poor"]
+
+
+class ConnectionQualityMessage(_Message):
+    """Every participant's connection quality (:mod:`sfu.connection_quality`), sent to
+    the room whenever one of them changed (at most every two seconds)."""
+
+    type: Literal["connection_quality"] = "connection_quality"
+    qualities: dict[str, ConnectionQualityLabel]
+    """By participant id."""
+
+
 class RecordingFinishedMessage(_Message):
     """One recorded file is complete (recordings are started and stopped through the
     room API). Every participant of the room gets it."""
@@ -430,6 +442,7 @@ ServerMessage = (
     | TrackMutedMessage
     | PublisherLayersMessage
     | ActiveSpeakersMessage
+    | ConnectionQualityMessage
     | RecordingFinishedMessage
     | PongMessage
     | ErrorMessage

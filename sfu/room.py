@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING
 
 from sfu.active_speaker import ActiveSpeakerDetector
 from sfu.allocator import preferred_max_layer
+from sfu.connection_quality import (
+    ConnectionQualityTracker,
+    ParticipantSample,
+    ReceivedStream,
+    SentStream,
+)
 from sfu.dynacast import DynacastManager
 from sfu.protocol import (
     ActiveSpeakersMessage,
+    ConnectionQualityMessage,
     ParticipantJoinedMessage,
     ParticipantLeftMessage,
     PublisherLayersMessage,
@@ -50,6 +57,7 @@ class Room:
         self.router = Router()
         self.speakers = ActiveSpeakerDetector()
         self.active_speakers: list[str] = []
+        self.quality = ConnectionQualityTracker()
         self._dynacast: dict[str, DynacastManager] = {}
         self._next_dynacast = 0.0
 
@@ -81,6 +89,7 @@ class Room:
         """A participant left: its producers go, and so do its consumers."""
         if self.participants.pop(participant.id, None) is None:
             return
+        self.quality.forget(participant.id)
         self.change_tracks(participant, unpublished=list(participant.producers.values()))
         participant.producers.clear()
         for consumer in participant.consumers():
@@ -114,11 +123,16 @@ class Room:
         self.worker.recordings.tracks_changed(self, owner, published, unpublished)
 
     def tick(self, now: float) -> None:
-        """Periodic room work: active speakers and dynacast."""
+        """Periodic room work: active speakers, connection quality and dynacast."""
         speakers = self.speakers.update(now)
         if speakers is not None:
             self.active_speakers = speakers
             self.broadcast(ActiveSpeakersMessage(participant_ids=speakers))
+        if self.quality.due(now):
+            samples = {p.id: self._quality_sample(p, now) for p in self.participants.values()}
+            if self.quality.update(now, samples) is not None:
+                qualities = {pid: q.label for pid, q in self.quality.scores.items()}
+                self.broadcast(ConnectionQualityMessage(qualities=qualities))
         if now < self._next_dynacast:
             return
         self._next_dynacast = now + DYNACAST_INTERVAL
@@ -126,6 +140,46 @@ class Room:
             for producer in participant.producers.values():
                 if producer.simulcast:
                     self._update_dynacast(participant, producer, now)
+
+    def _quality_sample(self, participant: Participant, now: float) -> ParticipantSample:
+        """What :class:`ConnectionQualityTracker` scores ``participant`` from: the
+        streams it publishes, those forwarded to it, its round-trip time."""
+        received = tuple(
+            ReceivedStream(
+                stream.ssrc,
+                stream.statistics.packets_expected,
+                stream.statistics.packets_received,
+                stream.statistics.jitter / stream.statistics.clock_rate,
+            )
+            for producer in participant.producers.values()
+            for stream in producer.streams.values()
+        )
+        sent = []
+        for consumer in participant.consumers():
+            if not consumer.active or consumer.paused or consumer.first_forwarded_at is None:
+                continue
+            route = self.router.route(consumer.producer)
+            forwarding = route.forwardings.get(consumer.id)
+            if forwarding is None:
+                continue
+            deficit = 0
+            if consumer.producer.simulcast:
+                wanted = preferred_max_layer(route.allocation_input(consumer, 0, now))
+                flowing = [s.layer for s in consumer.producer.streams.values() if s.flowing(now)]
+                if wanted is not None and flowing:
+                    current = forwarding.current_layer
+                    wanted = min(wanted, max(flowing))
+                    deficit = max(0, wanted - (-1 if current is None else current))
+            stream = forwarding.stream
+            sent.append(
+                SentStream(
+                    fraction_lost=consumer.fraction_lost / 256,
+                    source_key=None if stream is None else stream.ssrc,
+                    layer_deficit=deficit,
+                    forwarding_since=consumer.first_forwarded_at,
+                )
+            )
+        return ParticipantSample(received, tuple(sent), participant.subscriber.bandwidth.rtt)
 
     def _update_dynacast(self, owner: Participant, producer: Producer, now: float) -> None:
         """Tell the publisher which layers some subscriber needs (the rest pause)."""

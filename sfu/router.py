@@ -149,10 +149,11 @@ class ProducerRoute:
         payload_type: int,
         rtx_payload_type: int | None,
         send_rtp: SendRtp | None,
+        red_payload_type: int | None = None,
     ) -> None:
         """The subscriber accepted ``consumer``'s m-line and its transport is up: it
         starts (video from the next key frame of its target layer)."""
-        if consumer.activate(payload_type, rtx_payload_type, send_rtp):
+        if consumer.activate(payload_type, rtx_payload_type, send_rtp, red_payload_type):
             self._restart(self.forwardings[consumer.id])
 
     def restart(self, consumer: Consumer) -> None:
@@ -336,9 +337,10 @@ class Router:
         payload_type: int,
         rtx_payload_type: int | None = None,
         send_rtp: SendRtp | None = None,
+        red_payload_type: int | None = None,
     ) -> None:
         self._routes[consumer.producer.id].activate(
-            consumer, payload_type, rtx_payload_type, send_rtp
+            consumer, payload_type, rtx_payload_type, send_rtp, red_payload_type
         )
 
     def set_target_layer(self, consumer: Consumer, layer: int | None) -> None:

@@ -61,6 +61,8 @@ class Slot:
     payload_type: int | None = None
     rtx_payload_type: int | None = None
     """The subscriber's rtx payload type for ``payload_type``, when it negotiated one."""
+    red_payload_type: int | None = None
+    """The subscriber's ``audio/red`` payload type, when it negotiated RED."""
     rejected: bool = False
     """The subscriber rejected this m-line: offered with port 0 from then on, never
     recycled (a browser cannot bring a rejected m-line back)."""
@@ -131,15 +133,15 @@ class SubscribeNegotiator:
             slot = self._slot_of.pop(producer_id)
             slot.consumer = None
             slot.section = None
-            slot.payload_type = slot.rtx_payload_type = None
+            slot.payload_type = slot.rtx_payload_type = slot.red_payload_type = None
             self._dirty = True
         return consumer
 
-    def accepted(self) -> list[tuple[Consumer, int, int | None]]:
-        """Each consumer the subscriber accepted, with its payload types (its
-        transport's connection activates them)."""
+    def accepted(self) -> list[tuple[Consumer, int, int | None, int | None]]:
+        """Each consumer the subscriber accepted, with its payload types (primary, rtx,
+        RED; its transport's connection activates them)."""
         return [
-            (slot.consumer, slot.payload_type, slot.rtx_payload_type)
+            (slot.consumer, slot.payload_type, slot.rtx_payload_type, slot.red_payload_type)
             for slot in self.slots
             if slot.consumer is not None and slot.payload_type is not None
         ]
@@ -219,7 +221,7 @@ class SubscribeNegotiator:
             result = negotiated.get(slot.mid)
             if result is None or result.rejected or not result.codecs:
                 answered.refused.append(consumer)
-                slot.payload_type = slot.rtx_payload_type = None
+                slot.payload_type = slot.rtx_payload_type = slot.red_payload_type = None
                 if result is not None and not slot.rejected:
                     # The m-line offered the track's codec only: the subscriber has
                     # no decoder for it (Firefox without OpenH264 and H.264).
@@ -228,7 +230,17 @@ class SubscribeNegotiator:
                     self._undecodable.add(consumer.producer.codec.mime_type.lower())
                     answered.undecodable.append(consumer.producer)
                 continue
-            slot.payload_type = result.codecs[0].payload_type
+            primary = [c for c in result.codecs if c.name.lower() != "red"]
+            if not primary:
+                # RED alone: the subscriber cannot take the primary blocks it needs
+                # when the publisher sends a frame without RED.
+                answered.refused.append(consumer)
+                slot.payload_type = slot.rtx_payload_type = slot.red_payload_type = None
+                continue
+            slot.payload_type = primary[0].payload_type
+            slot.red_payload_type = next(
+                (c.payload_type for c in result.codecs if c.name.lower() == "red"), None
+            )
             slot.rtx_payload_type = next(
                 (c.payload_type for c in result.codecs if c.is_rtx and c.apt == slot.payload_type),
                 None,
@@ -271,7 +283,9 @@ class SubscribeNegotiator:
                 rejected=slot.rejected,
             )
         producer = consumer.producer
-        codecs = outgoing_codecs_for(slot.kind, producer.codec, allow_h264)
+        codecs = outgoing_codecs_for(
+            slot.kind, producer.codec, allow_h264, producer.red_payload_type is not None
+        )
         return OutgoingMedia(
             mid=slot.mid,
             kind=slot.kind,

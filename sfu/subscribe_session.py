@@ -162,8 +162,8 @@ class SubscribeSession:
     def activate(self) -> None:
         """Start sending every negotiated consumer (once the transport is connected)."""
         sender = self.bandwidth.sender()
-        for consumer, payload_type, rtx_payload_type in self.negotiator.accepted():
-            self.router.activate(consumer, payload_type, rtx_payload_type, sender)
+        for consumer, payload_type, rtx_payload_type, red in self.negotiator.accepted():
+            self.router.activate(consumer, payload_type, rtx_payload_type, sender, red)
 
     # --- the subscriber's RTCP --------------------------------------------------------
 

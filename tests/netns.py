@@ -133,8 +133,27 @@ class VethNamespace:
             "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop",
         )  # fmt: skip
 
+    def drop_uplink(self, percent: int) -> None:
+        """Drop ``percent`` % of the UDP packets the namespace sends to the root side,
+        at random, on the wire: a netdev egress chain on the namespace's veth end (an
+        output chain would fail the sender's ``sendmsg`` with EPERM, and Chromium sends
+        such packets again). Replaces an earlier loss rule, :meth:`drop_downlink`'s too."""
+        self.undrop_downlink()
+        self.run("nft", "add", "table", "netdev", LOSS_TABLE)
+        self.run(
+            "nft", "add", "chain", "netdev", LOSS_TABLE, "egress",
+            f'{{ type filter hook egress device "{self.inner_veth}" priority 0 ; }}',
+        )  # fmt: skip
+        self.run(
+            "nft", "add", "rule", "netdev", LOSS_TABLE, "egress",
+            "ip", "daddr", self.host_address, "meta", "l4proto", "udp",
+            "numgen", "random", "mod", "100", "<", str(percent), "counter", "drop",
+        )  # fmt: skip
+
     def undrop_downlink(self) -> None:
-        self.run("nft", "delete", "table", "inet", LOSS_TABLE, check=False)
+        """Remove the loss rule of :meth:`drop_downlink` or :meth:`drop_uplink`."""
+        for family in ("inet", "netdev"):
+            self.run("nft", "delete", "table", family, LOSS_TABLE, check=False)
 
     def block_udp(self) -> None:
         """Drop every UDP packet into and out of the namespace (a network that allows
@@ -156,8 +175,12 @@ class VethNamespace:
         return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
 
     def dropped_packets(self) -> int:
-        """Packets the :meth:`drop_downlink` rule has dropped so far (0 without one)."""
-        listing = self.run("nft", "list", "table", "inet", LOSS_TABLE, check=False).stdout
+        """Packets the :meth:`drop_downlink` or :meth:`drop_uplink` rule has dropped so far
+        (0 without one)."""
+        listing = "".join(
+            self.run("nft", "list", "table", family, LOSS_TABLE, check=False).stdout
+            for family in ("inet", "netdev")
+        )
         match = re.search(r"counter packets (\d+)", listing)
         return int(match.group(1)) if match else 0
 

@@ -52,6 +52,7 @@ SERVER_MESSAGES = {
     "track_muted",
     "publisher_layers",
     "active_speakers",
+    "connection_quality",
     "pong",
     "error",
 }

@@ -25,6 +25,7 @@ from sfu.client import (
     connect,
     dev_token,
 )
+from sfu.connection_quality import QUALITY_LABELS, ConnectionQualityTracker, ParticipantSample
 from sfu.consumer import Consumer
 from sfu.metrics.worker import Histogram, WorkerMetrics
 from sfu.producer import Producer
@@ -99,9 +100,11 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
     publisher = _participant("PA_a", {"0": producer}, [], router)
     subscriber = _participant("PA_b", {}, [consumer], router)
     subscriber.joined_at = consumer.created_at - 0.2
+    quality = ConnectionQualityTracker()
+    quality.update(0.0, {"PA_a": ParticipantSample(), "PA_b": ParticipantSample(rtt=0.9)})
     worker = SimpleNamespace(
         participants={"PA_a": publisher, "PA_b": subscriber},
-        rooms={"r": SimpleNamespace(name="r", participants={})},
+        rooms={"r": SimpleNamespace(name="r", participants={}, quality=quality)},
         settings=SimpleNamespace(capacity=10),
         ice_drops=dict,
         tick_failures=0,
@@ -134,6 +137,8 @@ def test_counters_survive_departures_and_join_latency_is_observed(monkeypatch):
     assert gauges[("sfu_consumers", "video")] == 1
     assert gauges[("sfu_video_consumers", "single")] == 1
     assert gauges[("sfu_worker_load_ratio", "")] == 0.2
+    by_quality = {q: gauges[("sfu_participants_by_connection_quality", q)] for q in QUALITY_LABELS}
+    assert by_quality == {"excellent": 1, "good": 0, "poor": 1}
 
     # Both leave; their last packets arrived after the previous walk.
     producer.receive(stream, _vp8_key_frame(5), 12, 1000.06)

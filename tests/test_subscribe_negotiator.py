@@ -59,7 +59,7 @@ def test_one_offer_at_a_time_and_changes_meanwhile_go_in_the_next():
     started: list[TransportInfo] = []
     negotiator.answer(answer_to(offer), offer.revision, started.append)
     assert len(started) == 1 and started[0].ice_ufrag == "subs"
-    assert negotiator.accepted() == [(first, 96, None)]
+    assert negotiator.accepted() == [(first, 96, None, None)]
     offer = negotiator.offer(LOCAL)
     assert offer is not None and mids(offer) == {"0": "TR_1", "1": "TR_2"}
     assert negotiator.offer(LOCAL) is None

@@ -38,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sfu.connection_quality import QUALITY_LABELS
 from sfu.ice_tcp import CLOSE_REASONS
 from sfu.recording.manager import FINISH_REASONS
 from sfu.udp_mux import DROP_REASONS
@@ -79,7 +80,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Incoming packets dropped, by reason (srtp: failed authentication, "
         "malformed_rtp, malformed_rtcp, unroutable: no stream for the SSRC, "
         "padding: bandwidth probes, i.e. padding-only packets and RTX copies of "
-        "packets already received)",
+        "packets already received, malformed_red: RED payloads, RFC 2198, a consumer "
+        "could not unwrap)",
         "reason",
     ),
     "sfu_rtcp_feedback_received": ("RTCP feedback from subscribers, by type", "type"),
@@ -94,6 +96,11 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "sfu_rtcp_feedback_sent": ("RTCP feedback sent to publishers, by type", "type"),
     "sfu_layer_switches": ("Simulcast layer switches of consumers", ""),
+    "sfu_rtp_red_recovered_packets": (
+        "Packets a RED publisher's link lost (RFC 2198) that subscribers without RED got "
+        "from the next packet's redundant block",
+        "",
+    ),
     "sfu_transport_errors": (
         "Transport errors, by type (send: sendto/protect failed, handler: exception "
         "in a packet handler)",
@@ -136,11 +143,13 @@ COUNTER_LABELS: dict[str, tuple[str, ...]] = {
         "malformed_rtcp",
         "unroutable",
         "padding",
+        "malformed_red",
     ),
     "sfu_rtcp_feedback_received": ("nack", "pli", "fir"),
     "sfu_rtcp_dropped_packets": ("budget",),
     "sfu_rtcp_feedback_sent": ("nack", "pli"),
     "sfu_layer_switches": ("",),
+    "sfu_rtp_red_recovered_packets": ("",),
     "sfu_transport_errors": ("send", "handler"),
     "sfu_ice_dropped_packets": DROP_REASONS,
     "sfu_ice_tcp_closed_connections": CLOSE_REASONS,
@@ -257,6 +266,8 @@ def _consumer_counts(consumer: Consumer) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtcp_feedback_received", "pli"), consumer.plis_received
     yield ("sfu_rtcp_feedback_received", "fir"), consumer.firs_received
     yield ("sfu_layer_switches", ""), consumer.layer_switches
+    yield ("sfu_rtp_dropped_packets", "malformed_red"), consumer.red_malformed
+    yield ("sfu_rtp_red_recovered_packets", ""), consumer.red_recovered
 
 
 def _participant_counts(participant: Participant) -> Iterator[tuple[CounterKey, int]]:
@@ -388,6 +399,11 @@ class WorkerMetrics:
             result[("sfu_consumers", kind)] += 0
         for layer in ("single", "paused"):
             result[("sfu_video_consumers", layer)] += 0
+        for room in self.worker.rooms.values():
+            for quality, count in room.quality.counts().items():
+                result[("sfu_participants_by_connection_quality", quality)] += count
+        for quality in QUALITY_LABELS:
+            result[("sfu_participants_by_connection_quality", quality)] += 0
         for participant in participants:
             for producer in participant.producers.values():
                 result[("sfu_producers", producer.kind)] += 1
@@ -479,6 +495,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "sfu_video_consumers": (
         "Video consumers by the layer they forward (single: not simulcast)",
         "layer",
+    ),
+    "sfu_participants_by_connection_quality": (
+        "Participants by their connection quality score (excellent, good, poor)",
+        "quality",
     ),
     "sfu_worker_capacity_participants": ("Participants this worker is sized for", ""),
     "sfu_worker_load_ratio": ("Participants divided by capacity", ""),

@@ -32,6 +32,7 @@ from sfu.recording.jitter_buffer import Depacketizer, Frame, FrameLoss, JitterBu
 from sfu.recording.muxer import MAX_VIDEO_FRAME_RATE, Muxer, MuxResult, StreamFormat
 from sfu.recording.opus import OpusDepacketizer, opus_channels
 from sfu.recording.vp8 import Vp8Depacketizer
+from sfu.rtp.red import red_primary_start
 
 if TYPE_CHECKING:
     from sfu.producer import Producer, RtpStream
@@ -145,7 +146,13 @@ class TrackRecorder:
         assert buffer is not None
         seq, ts = _SEQ_TS.unpack_from(data, 2)
         marker = bool(data[1] & 0x80)
-        for event in buffer.push(seq, ts, marker, data[payload_start:], now):
+        payload = data[payload_start:]
+        if len(data) > payload_start and data[1] & 0x7F == self.producer.red_payload_type:
+            # RED (RFC 2198): the file gets the primary frames; a malformed payload
+            # becomes an empty one, which the Opus depacketizer skips as a lost frame.
+            start = red_primary_start(payload)
+            payload = payload[start:] if start >= 0 else b""
+        for event in buffer.push(seq, ts, marker, payload, now):
             if isinstance(event, FrameLoss):
                 if stream is self._stream:
                     self._lost(stream, now)

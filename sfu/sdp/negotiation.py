@@ -88,7 +88,8 @@ class PublishedMedia:
     mid: str
     kind: str
     codecs: list[Codec]
-    """The accepted codecs: the primary codec first, then its rtx codec if any."""
+    """The accepted codecs: the primary codec first, then its rtx codec (video) or its
+    RED codec (audio, RFC 2198) if any."""
     header_extensions: dict[str, int]
     """Negotiated header extension ids by URI (the offer's ids)."""
     rids: list[str] = field(default_factory=list)
@@ -136,12 +137,37 @@ VIDEO_RTCP_FEEDBACK = ("goog-remb", "transport-cc", "ccm fir", "nack", "nack pli
 """The feedback the server offers subscribers for every video codec."""
 
 
+OUTGOING_OPUS_PAYLOAD_TYPE = 111
+OUTGOING_RED_PAYLOAD_TYPE = 63
+"""The payload type of ``audio/red`` in subscribe offers (Chrome's number)."""
+
+
+def red_codec(primary_payload_type: int, payload_type: int) -> Codec:
+    """An ``audio/red`` codec whose blocks are all ``primary_payload_type`` (RFC 2198
+    section 5: ``a=fmtp:<pt> <primary>/<primary>``, one redundant block and the
+    primary, as Chrome offers it)."""
+    blocks = f"{primary_payload_type}/{primary_payload_type}"
+    return Codec(payload_type, "red", 48000, 2, parameters={blocks: ""})
+
+
+def red_block_payload_types(codec: Codec) -> list[int] | None:
+    """The block payload types an ``audio/red`` codec's fmtp names, or None when it is
+    not RED or its fmtp is not a list of payload types."""
+    if codec.name.lower() != "red" or len(codec.parameters) != 1:
+        return None
+    (blocks,) = codec.parameters
+    parts = blocks.split("/")
+    if not all(part.isdigit() and len(part) <= 3 for part in parts):
+        return None
+    return [int(part) for part in parts]
+
+
 def default_outgoing_codecs(kind: str, allow_h264: bool = False) -> list[Codec]:
     """The server's canonical codecs and payload types for subscribe offers."""
     if kind == "audio":
         return [
             Codec(
-                111,
+                OUTGOING_OPUS_PAYLOAD_TYPE,
                 "opus",
                 48000,
                 2,
@@ -195,12 +221,16 @@ def av1_outgoing_codecs() -> list[Codec]:
     ]
 
 
-def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> list[Codec]:
+def outgoing_codecs_for(
+    kind: str, codec: Codec, allow_h264: bool = False, red: bool = False
+) -> list[Codec]:
     """What to offer a subscriber for a track the publisher sends in ``codec``: the
     server's payload type for that codec and its rtx (RFC 4588: NACKs are answered on
     the consumer's RTX stream); for H.264 with the publisher's profile and
     packetization mode (a subscriber answers the profile it can decode, and one offered
-    constrained baseline should not get, say, High)."""
+    constrained baseline should not get, say, High). ``red``: the publisher sends RED
+    (RFC 2198), offered after the primary codec; a subscriber that drops it gets the
+    primary blocks alone."""
     defaults = default_outgoing_codecs(kind, allow_h264)
     if codec.name.upper() == "AV1":
         defaults += av1_outgoing_codecs()
@@ -209,6 +239,8 @@ def outgoing_codecs_for(kind: str, codec: Codec, allow_h264: bool = False) -> li
     codecs = [c for c in defaults if c.name.lower() == codec.name.lower()]
     primary = {c.payload_type for c in codecs}
     codecs += [c for c in defaults if c.is_rtx and c.apt in primary]
+    if red and kind == "audio" and codecs:
+        codecs.append(red_codec(codecs[0].payload_type, OUTGOING_RED_PAYLOAD_TYPE))
     stream_parameters = {"H264": H264_STREAM_PARAMETERS, "AV1": AV1_STREAM_PARAMETERS}
     for ours in codecs:
         for name in stream_parameters.get(ours.name.upper(), ()):
@@ -284,7 +316,23 @@ def _answer_codecs(media: MediaSection, allow_h264: bool) -> list[Codec]:
     rtx = next((c for c in media.codecs if c.is_rtx and c.apt == primary.payload_type), None)
     if rtx is not None:
         codecs.append(_accepted_codec(rtx))
+    if media.kind == "audio":
+        red = next((c for c in media.codecs if _is_red_for(c, primary)), None)
+        if red is not None:
+            codecs.append(_accepted_codec(red))
     return codecs
+
+
+def _is_red_for(codec: Codec, primary: Codec) -> bool:
+    """Whether ``codec`` is RED (RFC 2198) with every block in ``primary`` (Chrome
+    offers ``red/48000/2`` with ``a=fmtp:63 111/111``)."""
+    blocks = red_block_payload_types(codec)
+    return (
+        blocks is not None
+        and 0 < len(blocks) <= 4
+        and all(pt == primary.payload_type for pt in blocks)
+        and codec.clock_rate == primary.clock_rate
+    )
 
 
 _ANSWER_EXTENSION_DIRECTION = {None: None, "sendrecv": None, "sendonly": "recvonly"}
@@ -429,15 +477,18 @@ def _answer_media(
     if not codecs or offered.mid is None:
         return _rejected_section(offered), None
     extensions = _answer_header_extensions(offered)
+    # RED first: libwebrtc sends RED only when it precedes its primary codec in the
+    # answer (Chrome offers it after Opus, and sends plain Opus to such an answer).
+    answered = sorted(codecs, key=lambda codec: codec.name.lower() != "red")
     answer = MediaSection(
         kind=offered.kind,
         port=9,
         protocol=offered.protocol,
-        formats=[str(codec.payload_type) for codec in codecs],
+        formats=[str(codec.payload_type) for codec in answered],
         mid=offered.mid,
         direction="recvonly",
         host="0.0.0.0",
-        codecs=codecs,
+        codecs=answered,
         header_extensions=extensions,
         rtcp_mux=True,
         rtcp_rsize=offered.rtcp_rsize,

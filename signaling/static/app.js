@@ -9,7 +9,8 @@
 // &codec=h264 publishes the camera in H.264 only (what Safari prefers); &codec=vp9&svc=L3T3_KEY
 // publishes it as one VP9 SVC encoding with that scalabilityMode instead of simulcast, and
 // &codec=vp9&svc=L1T3 as VP9 simulcast (each encoding in L1T3);
-// &relay=1 sends media through the TURN server only (iceTransportPolicy "relay").
+// &relay=1 sends media through the TURN server only (iceTransportPolicy "relay");
+// &dtx=1 publishes the microphone with Opus DTX (almost nothing sent during silence).
 
 import { CHAT_TOPIC, ChatPanel } from "./chat.js";
 import { VideoQuality } from "./quality.js";
@@ -26,6 +27,7 @@ const initial = {
   codec: params.get("codec") ? params.get("codec").toUpperCase() : null,
   scalabilityMode: params.get("svc"),
   relay: flag(params.get("relay")),
+  dtx: flag(params.get("dtx")),
 };
 const server = window.location.origin;
 const ui = new Ui();
@@ -94,6 +96,9 @@ function wire(current, { room: roomName, name, simulcast }) {
   on(RoomEvent.ACTIVE_SPEAKERS, ({ participantIds }) =>
     ui.setActiveSpeakers(participantIds, current.participantId),
   );
+  on(RoomEvent.CONNECTION_QUALITY, ({ qualities }) =>
+    ui.setConnectionQualities(qualities, current.participantId),
+  );
   on(RoomEvent.LOCAL_STREAM, ({ stream }) => ui.setLocalStream(stream));
   on(RoomEvent.DATA, ({ message }) => {
     dataMessages.push(message);
@@ -154,7 +159,7 @@ async function join({
   ui.showRoom(roomName, name);
   setStatus(`joined room ${roomName}`);
   if (publish && current.canPublish) {
-    const options = { simulcast, codec, scalabilityMode: initial.scalabilityMode };
+    const options = { simulcast, codec, scalabilityMode: initial.scalabilityMode, dtx: initial.dtx };
     current.publishCamera(options).catch((err) => {
       if (room === current) setStatus(`publishing failed: ${err.message}`, "error");
     });
@@ -209,6 +214,9 @@ window.sfu = {
   },
   get activeSpeakers() {
     return room ? room.activeSpeakers : [];
+  },
+  get connectionQualities() {
+    return room ? room.connectionQualities : {};
   },
   get status() {
     return statusText;

@@ -192,6 +192,18 @@ export class Ui {
     this.localTile.classList.toggle("speaking", ownId !== null && speaking.has(ownId));
   }
 
+  /** Show each participant's connection quality (ours too) on its tile. */
+  setConnectionQualities(qualities, ownId = null) {
+    const show = (tile, quality) => {
+      const badge = tile.querySelector(".connection-quality");
+      badge.dataset.quality = quality || "";
+      badge.textContent = quality || "";
+      badge.title = quality ? `Connection: ${quality}` : "";
+    };
+    for (const [participantId, tile] of this.tiles) show(tile, qualities[participantId]);
+    if (ownId !== null) show(this.localTile, qualities[ownId]);
+  }
+
   clearRemoteTiles() {
     for (const id of [...this.tiles.keys()]) this.removeParticipant(id);
   }
