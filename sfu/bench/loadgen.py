@@ -20,7 +20,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from sfu.aiortc_adapter import use_host_addresses
 from sfu.bench.media import ClipParameters, load_clip, synthetic_audio
-from sfu.bench.participants import BenchPublisher, BenchSubscriber
+from sfu.bench.participants import BenchPublisher, BenchSubscriber, BenchViewer
 
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the participants' sessions to close on stop."""
@@ -28,10 +28,13 @@ CLOSE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ParticipantSpec:
-    role: Literal["publisher", "subscriber"]
+    role: Literal["publisher", "subscriber", "viewer"]
+    """A viewer receives one publisher's tracks over WHEP, on a transport of its own."""
     token: str
     max_spatial_layer: int | None = None
     """A subscriber's cap on the simulcast layer of every video track it receives."""
+    publisher: str | None = None
+    """The identity of the publisher a viewer receives."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class LoadSpec:
     ice_address: str
     transport_cc: bool = False
     """Subscribers negotiate transport-cc and send its feedback (as browsers do)."""
+    whep_url: str = ""
+    """The room's WHEP endpoint, which viewers post their offers to."""
 
 
 class SubscriberCounters(NamedTuple):
@@ -65,6 +70,7 @@ class LoadStats:
     publishers: int = 0
     publishers_connected: int = 0
     subscribers: int = 0
+    """Subscribers and viewers."""
     tracks_receiving: int = 0
     """Sum over subscribers of the offered tracks that media arrived on."""
     packets_sent: int = 0
@@ -116,6 +122,18 @@ class _LoadGenerator:
             if participant.role == "publisher":
                 self.publishers.append(
                     BenchPublisher(self.spec.ws_url, participant.token, certificate, video, audio)
+                )
+            elif participant.role == "viewer":
+                assert participant.publisher is not None
+                self.subscribers.append(
+                    BenchViewer(
+                        self.spec.whep_url,
+                        participant.token,
+                        certificate,
+                        participant.publisher,
+                        self.spec.audio,
+                        self.spec.transport_cc,
+                    )
                 )
             else:
                 self.subscribers.append(
