@@ -237,6 +237,8 @@ def test_short_run_with_a_peer_connection_per_stream_and_a_socket_per_transport(
     assert result["mode"] == "pc-per-stream"
     # Both publishers reach the subscriber, each over its own viewer's transport.
     assert result["packets_out_per_second"] > 0.9 * result["packets_in_per_second"] > 400
+    assert 90 < result["delivered_percent"] < 110
+    assert 0 <= result["server_runqueue_wait_percent"] < 100
     assert result["loss_percent"] < 5
     assert result["server_udp_sockets"] >= 4  # 2 publishers + 2 viewers, a socket each
     by_name = result["server_syscalls_per_packet_by_name"]
@@ -280,6 +282,8 @@ def test_json_output(capsys, monkeypatch):
         server_wakeups_per_second=None,
         server_cpu_us_per_packet=None,
         server_system_us_per_packet=None,
+        server_runqueue_wait_percent=None,
+        delivered_percent=None,
         server_udp_sockets=None,
         server_syscalls_per_packet=None,
         server_syscalls_per_packet_by_name={},

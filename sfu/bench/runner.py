@@ -85,6 +85,8 @@ STATS_TIMEOUT = 10.0
 """Seconds a load generator has to answer a stats request."""
 LOAD_GENERATOR_BUSY_PERCENT = 85.0
 """Above this CPU use a load generator may be the bottleneck; the runner says so."""
+BUSY_MACHINE_PERCENT = 5.0
+"""Above this share of run-queue wait the runner warns that the machine is busy."""
 PORT_RANGE = (20000, 60000)
 """``SFU_UDP_PORT_MIN``/``MAX`` of a spawned server with ``--socket-per-transport``."""
 DEFAULT_MAX_PARTICIPANTS = 100
@@ -151,6 +153,15 @@ class ScenarioResult:
     server_system_us_per_packet: float | None
     """The kernel's share of ``server_cpu_us_per_packet`` (mostly UDP sends; on
     loopback it includes delivering each datagram to the receiving socket)."""
+    server_runqueue_wait_percent: float | None
+    """Of the window, how long the server's event-loop thread waited for a CPU that
+    other processes had: above a few percent the machine was busy, packets queued in
+    socket buffers and the rates are less trustworthy than the CPU per packet."""
+    delivered_percent: float | None
+    """Packets out over packets in times subscribers (``plain``, ``pc-per-stream``;
+    None for ``simulcast``): below 100 some subscriptions stalled or were paused (by
+    the allocator, with transport-cc), above 100 a backlog from before the window was
+    drained in it."""
     server_udp_sockets: int | None
     """UDP sockets the server's process held at the end of the measurement."""
     server_syscalls_per_packet: float | None
@@ -167,12 +178,15 @@ class ScenarioResult:
 
 
 class CpuTimes(NamedTuple):
-    """CPU seconds a process spent in user space and in the kernel, and how often its
-    main thread was woken from sleep."""
+    """CPU seconds a process spent in user space and in the kernel, how often its main
+    thread was woken from sleep, and how long that thread waited for a CPU."""
 
     user: float
     system: float
     wakeups: int
+    runqueue_wait: float
+    """Seconds the main thread was runnable but not running (``/proc/<pid>/schedstat``:
+    other processes had the CPUs)."""
 
     @property
     def total(self) -> float:
@@ -205,7 +219,9 @@ def process_cpu_times(pid: int) -> CpuTimes:
     ticks = os.sysconf("SC_CLK_TCK")
     status = Path(f"/proc/{pid}/status").read_text()
     _, _, after = status.partition("\nvoluntary_ctxt_switches:")
-    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks, int(after.split()[0]))
+    # schedstat: time on a CPU, time waiting on a run queue (ns), timeslices.
+    waited = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks, int(after.split()[0]), waited)
 
 
 def udp_socket_count(pid: int) -> int:
@@ -618,11 +634,16 @@ def run_scenario(
     elapsed = end.time - start.time
     packets_out = end.stats.packets_received - start.stats.packets_received
     expected = end.stats.packets_expected - start.stats.packets_expected
-    cpu = system = wakeups = None
+    cpu = system = wakeups = waited = None
     if end.server_cpu is not None and start.server_cpu is not None:
         cpu = end.server_cpu.total - start.server_cpu.total
         system = end.server_cpu.system - start.server_cpu.system
         wakeups = end.server_cpu.wakeups - start.server_cpu.wakeups
+        waited = end.server_cpu.runqueue_wait - start.server_cpu.runqueue_wait
+    packets_in = end.stats.packets_sent - start.stats.packets_sent
+    delivered = None
+    if options.mode != "simulcast" and packets_in:
+        delivered = 100 * packets_out / (packets_in * scenario.subscribers)
     per_packet = 1e6 / packets_out if packets_out else None
     syscalls_per_packet = None
     by_name: dict[str, float] = {}
@@ -654,6 +675,8 @@ def run_scenario(
         server_system_us_per_packet=(
             None if system is None or per_packet is None else system * per_packet
         ),
+        server_runqueue_wait_percent=None if waited is None else 100 * waited / elapsed,
+        delivered_percent=delivered,
         server_udp_sockets=sockets,
         server_syscalls_per_packet=syscalls_per_packet,
         server_syscalls_per_packet_by_name=by_name,
@@ -843,6 +866,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = []
             for scenario in scenarios:
                 result = run_scenario(scenario, server, options, progress)
+                if (result.server_runqueue_wait_percent or 0) > BUSY_MACHINE_PERCENT:
+                    sys.stderr.write(
+                        f"[{scenario}] warning: the server waited for a CPU"
+                        f" {result.server_runqueue_wait_percent:.0f}% of the time: the"
+                        " machine is busy\n"
+                    )
                 if (
                     result.load_generator_cpu_percent
                     > LOAD_GENERATOR_BUSY_PERCENT * options.processes
