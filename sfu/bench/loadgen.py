@@ -8,6 +8,7 @@ each over a :mod:`multiprocessing` pipe: ``"stats"`` is answered with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -157,10 +158,12 @@ class _LoadGenerator:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.wait_for(
-                asyncio.gather(*(p.close() for p in everyone), return_exceptions=True),
-                CLOSE_TIMEOUT,
-            )
+            # Best effort: the server ends sessions whose peer went quiet.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.close() for p in everyone), return_exceptions=True),
+                    CLOSE_TIMEOUT,
+                )
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
