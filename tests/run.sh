@@ -14,6 +14,7 @@ command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)  # voice agent TTS
 command -v prometheus >/dev/null || apt_packages+=(prometheus)  # tests/test_dashboards.py
 command -v turnserver >/dev/null || apt_packages+=(coturn)  # tests/test_turn.py
 command -v ffprobe >/dev/null || apt_packages+=(ffmpeg)  # tests/test_recording*.py: ffprobe, ffmpeg
+command -v perf >/dev/null || apt_packages+=(linux-perf)  # tests/test_bench.py: python -m sfu.bench --count-syscalls
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || apt_packages+=(nftables)  # tests/test_lossy_link.py, tests/test_single_port_browser.py
 command -v node >/dev/null || apt_packages+=(nodejs)  # tests/test_sdk_js.py: the npm package in Node
 command -v docker-compose >/dev/null || apt_packages+=(docker-compose)  # tests/test_deploy.py

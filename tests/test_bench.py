@@ -19,6 +19,7 @@ from sfu.bench.media import (
     write_packets,
 )
 from sfu.bench.participants import BenchPublisher, create_recvonly_answer
+from sfu.bench.syscall_count import SyscallCountError, SyscallCounts, read_counts
 from sfu.rtp.extensions import TRANSPORT_WIDE_CC
 from sfu.sdp import (
     HeaderExtension,
@@ -170,11 +171,17 @@ def test_short_run_against_a_spawned_server(capsys):
         "CPU",
         "%",
         "wake-ups/s",
+        "sockets",
+        "syscalls/packet",
         "µs/packet",
         "loss",
         "%",
     ]
-    publishers, subscribers, mode, pps_in, pps_out, cpu, wakeups, us_per_packet, loss = row.split()
+    (publishers, subscribers, mode, pps_in, pps_out, cpu, wakeups, sockets, syscalls) = row.split()[
+        :9
+    ]
+    us_per_packet, loss = row.split()[9:]
+    assert (sockets, syscalls) == ("1", "n/a")  # one UDP port; syscalls not counted
     assert float(cpu) > 0
     assert float(wakeups) > 20  # at least one per video frame, 30 per second
     assert (publishers, subscribers, mode) == ("1", "2", "plain")
@@ -185,9 +192,11 @@ def test_short_run_against_a_spawned_server(capsys):
     assert command == "command: python -m sfu.bench --scenario 1x2 --duration 3 --warmup 1"
 
 
-def short_json_run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    """A 3 s run of one scenario against a spawned server, its ``--json`` output."""
-    status = runner.main([*args, "--duration", "3", "--warmup", "1", "--json"])
+def short_json_run(
+    capsys: pytest.CaptureFixture[str], *args: str, duration: str = "3"
+) -> dict[str, Any]:
+    """A short run (3 s) of one scenario against a spawned server, its ``--json`` output."""
+    status = runner.main([*args, "--duration", duration, "--warmup", "1", "--json"])
     out = capsys.readouterr().out
     assert status == 0, out
     return json.loads(out)
@@ -212,6 +221,53 @@ def test_short_run_with_transport_cc_feedback(capsys):
     assert result["loss_percent"] < 5
 
 
+def test_short_run_with_a_peer_connection_per_stream_and_a_socket_per_transport(capsys):
+    """2x1 with a PeerConnection per subscriber stream: two WHEP viewers, one per
+    publisher, each on a UDP socket of its own; the server's syscalls counted."""
+    output = short_json_run(
+        capsys,
+        "--pc-per-stream",
+        "--socket-per-transport",
+        "--count-syscalls",
+        "--scenario",
+        "2x1",
+        duration="2",
+    )
+    (result,) = output["results"]
+    assert result["mode"] == "pc-per-stream"
+    # Both publishers reach the subscriber, each over its own viewer's transport.
+    assert result["packets_out_per_second"] > 0.9 * result["packets_in_per_second"] > 400
+    assert 90 < result["delivered_percent"] < 110
+    assert 0 <= result["server_runqueue_wait_percent"] < 100
+    assert result["loss_percent"] < 5
+    assert result["server_udp_sockets"] >= 4  # 2 publishers + 2 viewers, a socket each
+    by_name = result["server_syscalls_per_packet_by_name"]
+    # One recvmsg per received datagram: about one per forwarded packet at 2x1.
+    assert 0.8 < by_name["recvmsg"] < 2
+    assert result["server_syscalls_per_packet"] > by_name["recvmsg"] + by_name["sendmmsg"]
+
+
+PERF_OUTPUT = """# started on Fri Dec  4 19:51:39 2026
+
+     0.100490820,7164,,raw_syscalls:sys_enter,79589521,100.00,,
+     0.100490820,80,,syscalls:sys_enter_recvmsg,79608690,100.00,,
+     0.200891626,2331,,raw_syscalls:sys_enter,49576008,100.00,,
+     0.200891626,<not counted>,,syscalls:sys_enter_recvmsg,0,100.00,,
+     0.301202256,734,,raw_syscalls:sys_enter,6156483,100.00,,
+     0.301202256,36"""
+
+
+def test_syscall_counts_sum_whole_intervals(tmp_path):
+    path = tmp_path / "perf.csv"
+    path.write_text(PERF_OUTPUT)
+    # The last interval may still be being written: left out.
+    counts = read_counts(path)
+    assert counts == SyscallCounts(0.200891626, 7164 + 2331, {"recvmsg": 80})
+    path.write_text(PERF_OUTPUT + "\nnot,a perf line\n")
+    with pytest.raises(SyscallCountError):
+        read_counts(path)
+
+
 def test_json_output(capsys, monkeypatch):
     result = runner.ScenarioResult(
         publishers=1,
@@ -226,6 +282,11 @@ def test_json_output(capsys, monkeypatch):
         server_wakeups_per_second=None,
         server_cpu_us_per_packet=None,
         server_system_us_per_packet=None,
+        server_runqueue_wait_percent=None,
+        delivered_percent=None,
+        server_udp_sockets=None,
+        server_syscalls_per_packet=None,
+        server_syscalls_per_packet_by_name={},
         loss_percent=0,
         load_generator_cpu_percent=10,
         key_frame_requests=1,

@@ -8,6 +8,7 @@ each over a :mod:`multiprocessing` pipe: ``"stats"`` is answered with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -20,7 +21,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 
 from sfu.aiortc_adapter import use_host_addresses
 from sfu.bench.media import ClipParameters, load_clip, synthetic_audio
-from sfu.bench.participants import BenchPublisher, BenchSubscriber
+from sfu.bench.participants import BenchPublisher, BenchSubscriber, BenchViewer
 
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the participants' sessions to close on stop."""
@@ -28,10 +29,13 @@ CLOSE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class ParticipantSpec:
-    role: Literal["publisher", "subscriber"]
+    role: Literal["publisher", "subscriber", "viewer"]
+    """A viewer receives one publisher's tracks over WHEP, on a transport of its own."""
     token: str
     max_spatial_layer: int | None = None
     """A subscriber's cap on the simulcast layer of every video track it receives."""
+    publisher: str | None = None
+    """The identity of the publisher a viewer receives."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class LoadSpec:
     ice_address: str
     transport_cc: bool = False
     """Subscribers negotiate transport-cc and send its feedback (as browsers do)."""
+    whep_url: str = ""
+    """The room's WHEP endpoint, which viewers post their offers to."""
 
 
 class SubscriberCounters(NamedTuple):
@@ -65,6 +71,7 @@ class LoadStats:
     publishers: int = 0
     publishers_connected: int = 0
     subscribers: int = 0
+    """Subscribers and viewers."""
     tracks_receiving: int = 0
     """Sum over subscribers of the offered tracks that media arrived on."""
     packets_sent: int = 0
@@ -117,6 +124,18 @@ class _LoadGenerator:
                 self.publishers.append(
                     BenchPublisher(self.spec.ws_url, participant.token, certificate, video, audio)
                 )
+            elif participant.role == "viewer":
+                assert participant.publisher is not None
+                self.subscribers.append(
+                    BenchViewer(
+                        self.spec.whep_url,
+                        participant.token,
+                        certificate,
+                        participant.publisher,
+                        self.spec.audio,
+                        self.spec.transport_cc,
+                    )
+                )
             else:
                 self.subscribers.append(
                     BenchSubscriber(
@@ -139,10 +158,12 @@ class _LoadGenerator:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.wait_for(
-                asyncio.gather(*(p.close() for p in everyone), return_exceptions=True),
-                CLOSE_TIMEOUT,
-            )
+            # Best effort: the server ends sessions whose peer went quiet.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.close() for p in everyone), return_exceptions=True),
+                    CLOSE_TIMEOUT,
+                )
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -177,7 +177,7 @@ def run_load_test(
     specs = _load_specs(scenario, _Server(url, pid), options, Settings(**credentials))
     generators = _LoadGenerators(specs)
     try:
-        _wait_for_media(generators, scenario, 2 if options.audio else 1, progress)
+        _wait_for_media(generators, scenario, options, progress)
         time.sleep(options.warmup)
         start, start_cpu = generators.stats(), cpu()
         previous = start
@@ -287,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
             if args.url:
                 url, pid = args.url.rstrip("/"), args.server_pid
             else:
-                server = stack.enter_context(_spawned_server(args.ice_address))
+                server = stack.enter_context(_spawned_server(args.ice_address, {}, False))
                 url, pid = server.url, server.pid
             result = run_load_test(args, url, pid, progress)
     except BenchmarkError as exc:

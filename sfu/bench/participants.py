@@ -14,11 +14,15 @@ signaling protocol, negotiate with hand-built SDP, and send or count SRTP packet
   from the offer, counts packets, bytes and sequence gaps per SSRC and sends receiver
   reports; given a maximum spatial layer it asks the SFU for at most that layer of
   every video track (``track_settings``).
+- :class:`BenchViewer` receives one publisher's tracks over WHEP, on a PeerConnection
+  (transport) of its own: one viewer per subscriber and publisher is the shape of a
+  Janus video-room subscriber, which has a PeerConnection per feed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -27,7 +31,9 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urljoin
 
+import httpx
 from aiortc.rtcdtlstransport import RTCCertificate
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
@@ -80,9 +86,13 @@ MAX_LAG = 0.5
 (a real sender would have dropped those frames, not burst them)."""
 MID_EXTENSION_ID = 1
 RID_EXTENSION_ID = 2
+TRANSPORT_CC_EXTENSION_ID = 3
+"""The id a WHEP viewer offers the transport-wide sequence number with."""
 SIMULCAST_RIDS = ("q", "h", "f")
 """The RIDs of simulcast layers, lowest first (as the SFU and Chrome name them)."""
 CONNECT_TIMEOUT = 30.0
+DELETE_TIMEOUT = 2.0
+"""Seconds a WHEP viewer waits for its session's ``DELETE`` on close."""
 
 _HEADER = struct.Struct("!BBHII")
 _SEQ_TS = struct.Struct("!HI")
@@ -541,16 +551,7 @@ class BenchSubscriber(_Participant):
                 self._transport_cc_id = section.header_extension_ids().get(
                     TRANSPORT_WIDE_CC, self._transport_cc_id
                 )
-        expected: set[int] = set()
-        for section in offer.media:
-            if section.direction != "sendonly" or not section.codecs:
-                continue
-            repair = {g.ssrcs[1] for g in section.ssrc_groups if g.semantics == "FID"}
-            self._rtx_ssrcs |= repair
-            for ssrc in section.ssrcs.keys() - repair:
-                expected.add(ssrc)
-                self._clock_rates[ssrc] = section.codecs[0].clock_rate
-        self.expected_ssrcs = expected
+        self._expect_streams(offer)
         await self._send(SubscribeAnswerMessage(sdp=str(answer), revision=offer_message.revision))
         if self.max_spatial_layer is not None:
             for track in offer_message.tracks.values():
@@ -564,6 +565,20 @@ class BenchSubscriber(_Participant):
         if not self._connecting and offer.media:
             self._connecting = True
             self._start(self._connect(offer.transport(offer.media[0])))
+
+    def _expect_streams(self, description: SessionDescription) -> None:
+        """Expect media on the SSRCs of ``description``'s sendonly m-lines (the SFU's
+        side): they replace :attr:`expected_ssrcs`; their RTX SSRCs are noted."""
+        expected: set[int] = set()
+        for section in description.media:
+            if section.direction != "sendonly" or not section.codecs:
+                continue
+            repair = {g.ssrcs[1] for g in section.ssrc_groups if g.semantics == "FID"}
+            self._rtx_ssrcs |= repair
+            for ssrc in section.ssrcs.keys() - repair:
+                expected.add(ssrc)
+                self._clock_rates[ssrc] = section.codecs[0].clock_rate
+        self.expected_ssrcs = expected
 
     async def _connect(self, remote: TransportInfo) -> None:
         assert self.session is not None
@@ -637,3 +652,105 @@ class BenchSubscriber(_Participant):
             for i in range(0, len(blocks), rtcp.MAX_COUNT):
                 report = rtcp.ReceiverReport(self.rtcp_ssrc, blocks[i : i + rtcp.MAX_COUNT])
                 self.session.send_rtcp(bytes(report))
+
+
+class BenchViewer(BenchSubscriber):
+    """A WHEP viewer of one publisher: a PeerConnection of its own for that publisher's
+    video (and audio), as a Janus video-room subscriber has one per feed it receives.
+
+    It offers recvonly m-lines (VP8, Opus with ``audio``) in one BUNDLE group with
+    ``POST`` to the room's WHEP endpoint ``url`` pinned to ``publisher`` (an identity),
+    connects to the answer, then counts and reports like a :class:`BenchSubscriber`
+    (with ``transport_cc``, feedback included). :meth:`close` ends the session with
+    ``DELETE``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        certificate: RTCCertificate,
+        publisher: str,
+        audio: bool = False,
+        transport_cc: bool = False,
+    ) -> None:
+        super().__init__(url, token, certificate, transport_cc=transport_cc)
+        self.publisher = publisher
+        self.kinds = ["video", "audio"] if audio else ["video"]
+        self._location: str | None = None
+
+    def _offer(self, local: LocalTransport) -> SessionDescription:
+        offer = SessionDescription(
+            session_id=secrets.randbits(62),
+            session_version=1,
+            bundle_groups=[[str(i) for i in range(len(self.kinds))]],
+            msid_semantic="WMS",
+        )
+        for i, kind in enumerate(self.kinds):
+            offered = default_outgoing_codecs(kind)
+            primary = next(c for c in offered if c.name.upper() in ("VP8", "OPUS"))
+            codecs = [primary]
+            if self.transport_cc:
+                codecs += [c for c in offered if c.is_rtx and c.apt == primary.payload_type]
+            offer.media.append(
+                MediaSection(
+                    kind=kind,
+                    port=9,
+                    protocol="UDP/TLS/RTP/SAVPF",
+                    formats=[str(c.payload_type) for c in codecs],
+                    mid=str(i),
+                    direction="recvonly",
+                    host="0.0.0.0",
+                    codecs=[replace(c, parameters=dict(c.parameters)) for c in codecs],
+                    header_extensions=(
+                        [HeaderExtension(TRANSPORT_CC_EXTENSION_ID, TRANSPORT_WIDE_CC)]
+                        if self.transport_cc
+                        else []
+                    ),
+                    rtcp_mux=True,
+                    rtcp_rsize=True,
+                    ice_ufrag=local.ice_ufrag,
+                    ice_pwd=local.ice_pwd,
+                    fingerprints=list(local.fingerprints),
+                    setup="actpass",
+                    candidates=list(local.candidates),
+                    end_of_candidates=True,
+                )
+            )
+        return offer
+
+    async def run(self) -> None:
+        """Offer, connect and keep receiving until cancelled."""
+        self._started = time.monotonic()
+        self.session = self._new_session(ice_controlling=True)
+        await self.session.gather()
+        offer = self._offer(_local_transport(self.session))
+        async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT) as http:
+            response = await http.post(
+                self.url,
+                params={"participant": self.publisher},
+                content=str(offer),
+                headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {self.token}",
+                },
+            )
+        if response.status_code != 201:
+            raise BenchError(f"WHEP offer refused: {response.status_code} {response.text}")
+        self.join_latency = time.monotonic() - self._started
+        self._location = urljoin(self.url, response.headers["location"])
+        answer = SessionDescription.parse(response.text)
+        self._expect_streams(answer)
+        if self.transport_cc:
+            self._transport_cc_id = answer.media[0].header_extension_ids().get(TRANSPORT_WIDE_CC)
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            await self._connect(answer.transport(answer.media[0]))
+
+    async def close(self) -> None:
+        """End the WHEP session (best effort: the server ends idle ones), then the media."""
+        if self._location is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=DELETE_TIMEOUT) as http:
+                    await http.delete(self._location)
+        await super().close()

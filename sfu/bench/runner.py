@@ -4,10 +4,17 @@ For each scenario (``PxS``: P publishers, S subscribers, every subscriber receiv
 every publisher) the runner starts load-generator processes, waits until media flows
 on every track, lets it settle, then measures over ``--duration`` seconds:
 
-- mode: ``plain`` (one VP8 stream per publisher) or, with ``--simulcast``,
+- mode: ``plain`` (one VP8 stream per publisher), with ``--simulcast``
   ``simulcast``: every publisher sends three layers (160x120, 320x240, 640x480) and
   subscriber *i* caps every video track at layer ``i % 3``, so the subscribers are
-  spread over all three layers (the JSON output has their "layer mix");
+  spread over all three layers (the JSON output has their "layer mix"); or, with
+  ``--pc-per-stream``, ``pc-per-stream``: plain VP8, but each subscriber receives each
+  publisher on a PeerConnection (transport) of its own, a WHEP viewer pinned to that
+  publisher (the way Janus's video room is loaded: a subscriber handle per feed), so
+  ``PxS`` makes P*S subscribe transports instead of S;
+- sockets: the UDP sockets the server holds at the end (one in the default single-port
+  mode; one per transport with ``--socket-per-transport``, which starts the server
+  with ``SFU_UDP_PORT_MIN``/``SFU_UDP_PORT_MAX``);
 - packets in/s: what the publishers sent (what reached the server, on loopback; every
   simulcast layer counts);
 - packets out/s: what the subscribers received;
@@ -18,6 +25,10 @@ on every track, lets it settle, then measures over ``--duration`` seconds:
   ``/proc/<pid>/status``. On a virtual machine each costs far more CPU than the work
   it wakes up for, so this column explains much of the next one;
 - µs/packet: server CPU time divided by the packets forwarded (received by subscribers);
+- syscalls/packet (with ``--count-syscalls``): every system call the server's process
+  and its threads entered, over the packets forwarded; the server then runs under
+  ``perf stat`` (:mod:`sfu.bench.syscall_count` says why not ``/proc/<pid>/io``) and the
+  JSON output breaks the figure down by syscall;
 - loss %: sequence gaps over expected packets at the subscribers.
 
 Unless ``--server`` is given, the runner starts ``python -m sfu serve`` itself and stops
@@ -37,6 +48,7 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +73,7 @@ from sfu.bench.loadgen import (
     run_load_generator,
 )
 from sfu.bench.media import SIMULCAST_CLIPS, Clip, ClipParameters, is_cached, load_clip
+from sfu.bench.syscall_count import SyscallCountError, SyscallCounts, perf_command, read_counts
 from sfu.config import Settings
 
 STARTUP_TIMEOUT = 30.0
@@ -68,10 +81,17 @@ STARTUP_TIMEOUT = 30.0
 CONNECT_TIMEOUT_BASE = 30.0
 CONNECT_TIMEOUT_PER_PARTICIPANT = 0.5
 """Seconds allowed for everyone to join and media to flow on every track."""
-STATS_TIMEOUT = 10.0
-"""Seconds a load generator has to answer a stats request."""
+STATS_TIMEOUT = 30.0
+"""Seconds a load generator has to answer a stats request (on a busy 2-core machine
+one connecting a hundred DTLS sessions has taken over 10)."""
 LOAD_GENERATOR_BUSY_PERCENT = 85.0
 """Above this CPU use a load generator may be the bottleneck; the runner says so."""
+BUSY_MACHINE_PERCENT = 5.0
+"""Above this share of run-queue wait the runner warns that the machine is busy."""
+PORT_RANGE = (20000, 60000)
+"""``SFU_UDP_PORT_MIN``/``MAX`` of a spawned server with ``--socket-per-transport``."""
+DEFAULT_MAX_PARTICIPANTS = 100
+"""The server's default room size; a spawned server gets more when a scenario needs it."""
 
 _SCENARIO = re.compile(r"(\d+)x(\d+)")
 
@@ -118,7 +138,7 @@ class ScenarioResult:
     publishers: int
     subscribers: int
     mode: str
-    """``plain`` or ``simulcast``."""
+    """``plain``, ``simulcast`` or ``pc-per-stream``."""
     duration: float
     packets_in_per_second: float
     packets_out_per_second: float
@@ -134,6 +154,21 @@ class ScenarioResult:
     server_system_us_per_packet: float | None
     """The kernel's share of ``server_cpu_us_per_packet`` (mostly UDP sends; on
     loopback it includes delivering each datagram to the receiving socket)."""
+    server_runqueue_wait_percent: float | None
+    """Of the window, how long the server's event-loop thread waited for a CPU that
+    other processes had: above a few percent the machine was busy, packets queued in
+    socket buffers and the rates are less trustworthy than the CPU per packet."""
+    delivered_percent: float | None
+    """Packets out over packets in times subscribers (``plain``, ``pc-per-stream``;
+    None for ``simulcast``): below 100 some subscriptions stalled or were paused (by
+    the allocator, with transport-cc), above 100 a backlog from before the window was
+    drained in it."""
+    server_udp_sockets: int | None
+    """UDP sockets the server's process held at the end of the measurement."""
+    server_syscalls_per_packet: float | None
+    """System calls of the server per forwarded packet; None unless counted."""
+    server_syscalls_per_packet_by_name: dict[str, float]
+    """The same for each syscall of :data:`~sfu.bench.syscall_count.SYSCALL_NAMES`."""
     loss_percent: float
     load_generator_cpu_percent: float
     """Of one core, all load-generator processes together."""
@@ -144,12 +179,15 @@ class ScenarioResult:
 
 
 class CpuTimes(NamedTuple):
-    """CPU seconds a process spent in user space and in the kernel, and how often its
-    main thread was woken from sleep."""
+    """CPU seconds a process spent in user space and in the kernel, how often its main
+    thread was woken from sleep, and how long that thread waited for a CPU."""
 
     user: float
     system: float
     wakeups: int
+    runqueue_wait: float
+    """Seconds the main thread was runnable but not running (``/proc/<pid>/schedstat``:
+    other processes had the CPUs)."""
 
     @property
     def total(self) -> float:
@@ -161,12 +199,15 @@ class _Sample:
     time: float
     server_cpu: CpuTimes | None
     stats: LoadStats
+    syscalls: SyscallCounts | None
 
 
 @dataclass(frozen=True)
 class _Server:
     url: str
     pid: int | None
+    syscall_counts: Path | None = None
+    """The ``perf stat`` output counting the server's syscalls, when counted."""
 
 
 def process_cpu_times(pid: int) -> CpuTimes:
@@ -179,7 +220,23 @@ def process_cpu_times(pid: int) -> CpuTimes:
     ticks = os.sysconf("SC_CLK_TCK")
     status = Path(f"/proc/{pid}/status").read_text()
     _, _, after = status.partition("\nvoluntary_ctxt_switches:")
-    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks, int(after.split()[0]))
+    # schedstat: time on a CPU, time waiting on a run queue (ns), timeslices.
+    waited = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return CpuTimes(int(rest[11]) / ticks, int(rest[12]) / ticks, int(after.split()[0]), waited)
+
+
+def udp_socket_count(pid: int) -> int:
+    """How many UDP sockets process ``pid`` holds: its ``/proc/<pid>/fd`` sockets whose
+    inodes ``/proc/<pid>/net/udp`` or ``udp6`` list."""
+    inodes = set()
+    for table in ("udp", "udp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            inodes.add(f"socket:[{line.split()[9]}]")
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(fd) in inodes
+    return count
 
 
 def _server_cpu(server: _Server) -> CpuTimes | None:
@@ -218,9 +275,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _child_pid(pid: int) -> int | None:
+    """The first child of process ``pid`` (the server that ``perf stat`` started)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if children else None
+
+
 @contextlib.contextmanager
-def _spawned_server(ice_address: str) -> Iterator[_Server]:
-    """``python -m sfu serve`` on a free loopback port, stopped on exit."""
+def _spawned_server(
+    ice_address: str, environment: dict[str, str], count_syscalls: bool
+) -> Iterator[_Server]:
+    """``python -m sfu serve`` on a free loopback port, with ``environment`` added to
+    ours and, with ``count_syscalls``, under ``perf stat``; stopped on exit."""
     host = "127.0.0.1"
     port = _free_port(host)
     command = [
@@ -241,12 +307,18 @@ def _spawned_server(ice_address: str) -> Iterator[_Server]:
     url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="sfu-bench-") as tmp:
         log_path = Path(tmp) / "server.log"
+        counts_path = Path(tmp) / "syscalls.csv" if count_syscalls else None
+        if counts_path is not None:
+            try:
+                command = perf_command(counts_path) + command
+            except SyscallCountError as exc:
+                raise BenchmarkError(str(exc)) from exc
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **environment, "PYTHONUNBUFFERED": "1"},
             )
 
         def failure(reason: str) -> BenchmarkError:
@@ -261,12 +333,18 @@ def _spawned_server(ice_address: str) -> Iterator[_Server]:
                 if time.monotonic() > deadline:
                     raise failure(f"no answer on /healthz after {STARTUP_TIMEOUT:.0f} s")
                 time.sleep(0.1)
-            yield _Server(url, process.pid)
+            pid = process.pid if counts_path is None else _child_pid(process.pid)
+            if pid is None:
+                raise failure("perf stat started no server")
+            yield _Server(url, pid, counts_path)
             if process.poll() is not None:
                 raise failure(f"exited with status {process.returncode} during the run")
         finally:
             if process.poll() is None:
-                process.terminate()
+                # Under perf stat the server is perf's child: stop it, and perf ends.
+                target = process.pid if counts_path is None else _child_pid(process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target or process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -378,10 +456,20 @@ class Options:
     transport_cc: bool = False
     """Subscribers take the transport-wide sequence number and send transport-cc
     feedback, as browsers do (the server then runs its send-side estimator)."""
+    pc_per_stream: bool = False
+    """Each subscriber receives each publisher on a transport of its own (WHEP)."""
 
     @property
     def mode(self) -> str:
-        return "simulcast" if len(self.clips) > 1 else "plain"
+        if len(self.clips) > 1:
+            return "simulcast"
+        return "pc-per-stream" if self.pc_per_stream else "plain"
+
+    def participants(self, scenario: Scenario) -> int:
+        """Participants (and so transports) of ``scenario``: one per publisher, one per
+        subscriber, or with :attr:`pc_per_stream` one per subscriber and publisher."""
+        subscribers = scenario.subscribers * (scenario.publishers if self.pc_per_stream else 1)
+        return scenario.publishers + subscribers
 
 
 def _load_specs(
@@ -402,10 +490,20 @@ def _load_specs(
     layers = len(options.clips)
     participants = [
         ParticipantSpec("publisher", token(f"pub-{i}", True)) for i in range(scenario.publishers)
-    ] + [
-        ParticipantSpec("subscriber", token(f"sub-{i}", False), i % layers if layers > 1 else None)
-        for i in range(scenario.subscribers)
     ]
+    if options.pc_per_stream:
+        participants += [
+            ParticipantSpec("viewer", token(f"sub-{i}-pub-{j}", False), publisher=f"pub-{j}")
+            for i in range(scenario.subscribers)
+            for j in range(scenario.publishers)
+        ]
+    else:
+        participants += [
+            ParticipantSpec(
+                "subscriber", token(f"sub-{i}", False), i % layers if layers > 1 else None
+            )
+            for i in range(scenario.subscribers)
+        ]
     count = max(1, min(options.processes, len(participants)))
     return [
         LoadSpec(
@@ -415,6 +513,7 @@ def _load_specs(
             audio=options.audio,
             ice_address=options.ice_address,
             transport_cc=options.transport_cc,
+            whep_url=f"{server.url}/whep/{room}",
         )
         for i in range(count)
     ]
@@ -422,13 +521,20 @@ def _load_specs(
 
 def _sample(generators: _LoadGenerators, server: _Server) -> _Sample:
     stats = generators.stats()
-    return _Sample(time.monotonic(), _server_cpu(server), stats)
+    syscalls = None
+    if server.syscall_counts is not None:
+        try:
+            syscalls = read_counts(server.syscall_counts)
+        except (OSError, SyscallCountError) as exc:
+            raise BenchmarkError(f"cannot read the server's syscall counts: {exc}") from exc
+    return _Sample(time.monotonic(), _server_cpu(server), stats, syscalls)
 
 
 def _wait_for_media(
-    generators: _LoadGenerators, scenario: Scenario, tracks: int, progress: _Progress
+    generators: _LoadGenerators, scenario: Scenario, options: Options, progress: _Progress
 ) -> None:
-    participants = scenario.publishers + scenario.subscribers
+    tracks = 2 if options.audio else 1
+    participants = options.participants(scenario)
     timeout = CONNECT_TIMEOUT_BASE + CONNECT_TIMEOUT_PER_PARTICIPANT * participants
     expected = scenario.publishers * tracks * scenario.subscribers
     deadline = time.monotonic() + timeout
@@ -520,20 +626,41 @@ def run_scenario(
     specs = _load_specs(scenario, server, options, Settings())
     generators = _LoadGenerators(specs)
     try:
-        _wait_for_media(generators, scenario, 2 if options.audio else 1, progress)
+        _wait_for_media(generators, scenario, options, progress)
         start, end = _measure(generators, server, scenario, options, progress)
+        sockets = None if server.pid is None else udp_socket_count(server.pid)
     finally:
         progress.done()
         generators.stop()
     elapsed = end.time - start.time
     packets_out = end.stats.packets_received - start.stats.packets_received
     expected = end.stats.packets_expected - start.stats.packets_expected
-    cpu = system = wakeups = None
+    cpu = system = wakeups = waited = None
     if end.server_cpu is not None and start.server_cpu is not None:
         cpu = end.server_cpu.total - start.server_cpu.total
         system = end.server_cpu.system - start.server_cpu.system
         wakeups = end.server_cpu.wakeups - start.server_cpu.wakeups
+        waited = end.server_cpu.runqueue_wait - start.server_cpu.runqueue_wait
+    packets_in = end.stats.packets_sent - start.stats.packets_sent
+    delivered = None
+    if options.mode != "simulcast" and packets_in:
+        delivered = 100 * packets_out / (packets_in * scenario.subscribers)
     per_packet = 1e6 / packets_out if packets_out else None
+    syscalls_per_packet = None
+    by_name: dict[str, float] = {}
+    if start.syscalls is not None and end.syscalls is not None and packets_out:
+        # perf's own clock: the syscalls of its whole intervals over their span, per
+        # packet forwarded per second over the runner's window.
+        span = end.syscalls.elapsed - start.syscalls.elapsed
+        if span > 0:
+            packets_per_second = packets_out / elapsed
+            syscalls_per_packet = (
+                (end.syscalls.total - start.syscalls.total) / span / packets_per_second
+            )
+            by_name = {
+                name: (count - start.syscalls.by_name.get(name, 0)) / span / packets_per_second
+                for name, count in end.syscalls.by_name.items()
+            }
     return ScenarioResult(
         publishers=scenario.publishers,
         subscribers=scenario.subscribers,
@@ -549,6 +676,11 @@ def run_scenario(
         server_system_us_per_packet=(
             None if system is None or per_packet is None else system * per_packet
         ),
+        server_runqueue_wait_percent=None if waited is None else 100 * waited / elapsed,
+        delivered_percent=delivered,
+        server_udp_sockets=sockets,
+        server_syscalls_per_packet=syscalls_per_packet,
+        server_syscalls_per_packet_by_name=by_name,
         loss_percent=max(0.0, 100 * (expected - packets_out) / expected) if expected else 0.0,
         load_generator_cpu_percent=100
         * (end.stats.cpu_seconds - start.stats.cpu_seconds)
@@ -570,6 +702,8 @@ _COLUMNS = (
     ("packets out/s", "{:.0f}"),
     ("server CPU %", "{:.1f}"),
     ("wake-ups/s", "{:.0f}"),
+    ("sockets", "{:d}"),
+    ("syscalls/packet", "{:.3f}"),
     ("µs/packet", "{:.2f}"),
     ("loss %", "{:.2f}"),
 )
@@ -587,6 +721,8 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
             r.packets_out_per_second,
             r.server_cpu_percent,
             r.server_wakeups_per_second,
+            r.server_udp_sockets,
+            r.server_syscalls_per_packet,
             r.server_cpu_us_per_packet,
             r.loss_percent,
         )
@@ -663,6 +799,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="subscribers negotiate transport-cc and send its feedback, as browsers do",
     )
+    parser.add_argument(
+        "--pc-per-stream",
+        action="store_true",
+        help="each subscriber receives each publisher on a PeerConnection of its own (WHEP"
+        " viewers pinned to one publisher, as Janus's video room is loaded)",
+    )
+    parser.add_argument(
+        "--socket-per-transport",
+        action="store_true",
+        help="start the server with a UDP socket per transport (SFU_UDP_PORT_MIN/MAX"
+        f" {PORT_RANGE[0]}-{PORT_RANGE[1]}) instead of its single port",
+    )
+    parser.add_argument(
+        "--count-syscalls",
+        action="store_true",
+        help="run the spawned server under perf stat and report its syscalls per packet",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -680,6 +833,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: list[Scenario] = args.scenario or [Scenario(args.publishers, args.subscribers)]
     if args.duration <= 0 or args.processes < 1:
         _parser().error("--duration and --processes must be positive")
+    if args.pc_per_stream and args.simulcast:
+        _parser().error("--pc-per-stream sends plain VP8: WHEP viewers have no layer caps")
+    if args.server and (args.socket_per_transport or args.count_syscalls):
+        _parser().error("--socket-per-transport and --count-syscalls need a spawned server")
     options = Options(
         duration=args.duration,
         warmup=args.warmup,
@@ -688,7 +845,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         clips=SIMULCAST_CLIPS if args.simulcast else (ClipParameters(bitrate=args.bitrate * 1000),),
         ice_address=args.ice_address,
         transport_cc=args.transport_cc,
+        pc_per_stream=args.pc_per_stream,
     )
+    environment = {}
+    if args.socket_per_transport:
+        environment["SFU_UDP_PORT_MIN"], environment["SFU_UDP_PORT_MAX"] = map(str, PORT_RANGE)
+    largest = max(options.participants(scenario) for scenario in scenarios)
+    if largest > DEFAULT_MAX_PARTICIPANTS:
+        environment["SFU_MAX_PARTICIPANTS_PER_ROOM"] = str(largest)
     command = shlex.join(["python", "-m", "sfu.bench", *args_list])
     progress = _Progress(sys.stderr)
     try:
@@ -697,10 +861,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.server:
                 server = _Server(args.server.rstrip("/"), args.server_pid)
             else:
-                server = stack.enter_context(_spawned_server(options.ice_address))
+                server = stack.enter_context(
+                    _spawned_server(options.ice_address, environment, args.count_syscalls)
+                )
             results = []
             for scenario in scenarios:
                 result = run_scenario(scenario, server, options, progress)
+                if (result.server_runqueue_wait_percent or 0) > BUSY_MACHINE_PERCENT:
+                    sys.stderr.write(
+                        f"[{scenario}] warning: the server waited for a CPU"
+                        f" {result.server_runqueue_wait_percent:.0f}% of the time: the"
+                        " machine is busy\n"
+                    )
                 if (
                     result.load_generator_cpu_percent
                     > LOAD_GENERATOR_BUSY_PERCENT * options.processes
