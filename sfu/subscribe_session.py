@@ -115,6 +115,7 @@ class SubscribeSession:
             max_spatial_layer=message.max_spatial_layer,
             max_width=message.max_width,
             max_height=message.max_height,
+            max_temporal_layer=message.max_temporal_layer,
         )
 
     def send_codec_unsupported(self, producer: Producer) -> None:
