@@ -11,6 +11,7 @@ sequence number joins the consumer's extension block.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from itertools import pairwise
 from typing import Any
@@ -20,6 +21,7 @@ from test_dependency_descriptor import golden
 from test_forwarding import Recorder
 
 from sfu.consumer import Consumer
+from sfu.keyframe_request_manager import MIN_REQUEST_INTERVAL
 from sfu.metrics.worker import _producer_counts
 from sfu.producer import Producer
 from sfu.router import Router
@@ -194,3 +196,22 @@ def test_the_transport_wide_sequence_number_joins_the_descriptor_block() -> None
         assert packet[payload_offset(packet) :] == payload
     assert sequences == list(range(1, len(session.sent) + 1))
     assert profiles == {b"\xbe\xde", b"\x10\x00"}, "the structure needs the two-byte form"
+
+
+async def test_a_layer_out_of_reach_asks_the_publisher_for_a_key_frame() -> None:
+    plis: list[int] = []
+    producer = av1_producer(plis)
+    sub = Recorder()
+    consumer = av1_consumer(producer, sub.send)
+    consumer.set_preferences(False, 0, None, None)
+    packets = golden("chromium-av1-l2t3-key")
+    for seq, ts, marker, descriptor in packets[:200]:
+        feed(producer, seq, ts, marker, descriptor)
+    assert Subscriber(sub.packets).structure is not None
+    requested = len(plis)
+    consumer.set_preferences(False, 1, None, None)
+    for seq, ts, marker, descriptor in packets[200:220]:
+        feed(producer, seq, ts, marker, descriptor)
+    await asyncio.sleep(MIN_REQUEST_INTERVAL + 0.05)  # the request is throttled per stream
+    # The upper spatial layer's chain was dropped here: only a key frame starts it.
+    assert plis[requested:] == [0xA1]
