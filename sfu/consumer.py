@@ -5,7 +5,9 @@ stream to the subscriber, whatever simulcast layer it comes from: its own SSRC,
 sequence numbers and timestamps kept continuous across layer switches by an
 :class:`RtpMunger`, VP8 picture ids kept continuous by a :class:`Vp8Munger`, the
 payload type the subscriber negotiated, a retransmission cache for the subscriber's
-NACKs, and the counts its sender reports carry.
+NACKs, and the counts its sender reports carry. An AV1 consumer whose subscriber
+negotiated the dependency descriptor also selects decode targets
+(:class:`DependencyDescriptorSelector`) and sends the rewritten descriptor.
 
 Which stream it forwards and when it switches layers is decided by its
 :class:`~sfu.router.ProducerRoute` (LiveKit's Forwarder; this is its DownTrack): the
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 ALL_TEMPORAL_LAYERS = TEMPORAL_LAYERS - 1
 """The temporal limit that forwards every temporal layer."""
+ALL_SPATIAL_LAYERS = 3
+"""The spatial limit that forwards every spatial layer a dependency descriptor can name."""
 RETRANSMISSION_CACHE_SIZE = 1024
 """Packets kept per consumer for NACKs (about 1 s of 3 Mbit/s video); a power of two."""
 
@@ -42,8 +46,6 @@ _EXTENSION_HEADER = struct.Struct("!HH")
 _ONE_BYTE_PROFILE = 0xBEDE
 _TWO_BYTE_PROFILE = 0x1000
 _ONE_BYTE_MAX = 16
-ALL_SPATIAL_LAYERS = 3
-"""The spatial limit that forwards every spatial layer a dependency descriptor can name."""
 _SEQ = struct.Struct("!H")
 _TIMESTAMP = struct.Struct("!I")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
