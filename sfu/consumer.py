@@ -292,15 +292,20 @@ class Consumer:
         the producer's descriptor of this packet decides whether it goes (a dropped one
         leaves no gap in the sequence numbers), and the descriptor the selector gives
         goes with it as a header extension. A packet without a descriptor is forwarded
-        as :meth:`forward` would."""
-        received = self.producer.dependency_descriptor
-        if received is None:
-            Consumer.forward(self, marker_bit, seq, ts, payload, tid)
-            return
+        as :meth:`forward` would while none came (a publisher that sends none), and
+        dropped once they come: nothing says which decode target it belongs to."""
         if not self.active or self.paused:
             return
         selector = self._selector
         assert selector is not None
+        received = self.producer.dependency_descriptor
+        if received is None:
+            if selector.frames_forwarded or selector.frames_dropped:
+                self._munger.drop(seq)
+                self.packets_dropped_temporal += 1
+            else:
+                Consumer.forward(self, marker_bit, seq, ts, payload, tid)
+            return
         selection = selector.select(
             received.descriptor, received.structure, received.value, marker_bit != 0
         )

@@ -215,3 +215,30 @@ async def test_a_layer_out_of_reach_asks_the_publisher_for_a_key_frame() -> None
     await asyncio.sleep(MIN_REQUEST_INTERVAL + 0.05)  # the request is throttled per stream
     # The upper spatial layer's chain was dropped here: only a key frame starts it.
     assert plis[requested:] == [0xA1]
+
+
+def test_without_descriptors_every_packet_goes_and_once_they_come_one_without_is_dropped() -> None:
+    producer = av1_producer([])
+    sub = Recorder()
+    av1_consumer(producer, sub.send)
+    stream = producer.add_stream(0xA1, None)
+
+    def plain(seq: int, payload: bytes) -> None:
+        data = build_rtp_packet(
+            payload_type=AV1_PT, sequence_number=seq, timestamp=seq, ssrc=0xA1, payload=payload
+        )
+        producer.receive(stream, data, payload_offset(data), 1000.0 + seq / 1000)
+
+    plain(1, AV1_KEY)
+    plain(2, AV1_DELTA)
+    assert len(sub.packets) == 2, "a publisher without descriptors: forwarded as it comes"
+    assert all(read_header_extensions(p) == {} for p in sub.packets)
+    packets = golden("chromium-av1-l1t3")
+    first = packets[0][0]
+    for seq, ts, marker, descriptor in packets[:10]:
+        feed(producer, 3 + seq - first, ts, marker, descriptor)
+    forwarded = len(sub.packets)
+    plain(13, AV1_DELTA)
+    feed(producer, 14, packets[10][1], packets[10][2], packets[10][3])
+    assert len(sub.packets) == forwarded + 1, "the packet without a descriptor was dropped"
+    assert Subscriber(sub.packets[2:]).sequence_steps == {1}
