@@ -354,14 +354,14 @@ class Producer:
         stream.meter(len(data), now, tid)
         for observer in self.observers:
             observer.receive_rtp(stream, data, payload_start, now)
-        if descriptor is not None and self._reads_descriptor:
-            if not self._read_descriptor(stream, descriptor):
+        if self._reads_descriptor:
+            if descriptor is None:
+                self.dependency_descriptor = None
+            elif not self._read_descriptor(stream, descriptor):
                 self._track_loss(stream, seq, now, False)
                 if not self.muted:
                     self.listener.on_padding(stream, seq)
                 return
-        elif self._reads_descriptor:
-            self.dependency_descriptor = None
         listener = self.listener
         if self.muted or not listener.wants(stream):
             if self.kind == "video":
