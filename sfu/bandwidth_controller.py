@@ -48,6 +48,7 @@ with it."""
 
 _TWCC_EXTENSION = struct.Struct("!HHBHB")
 _STAMPED_HEADER_SIZE = 12 + _TWCC_EXTENSION.size
+"""A consumer packet's header on the wire once stamped: fixed header and extension."""
 _EXTENSION_LENGTH = struct.Struct("!H")
 _ONE_BYTE_ELEMENT = struct.Struct("!BHx")
 _TWO_BYTE_ELEMENT = struct.Struct("!BBH")
@@ -64,9 +65,6 @@ def _with_transport_sequence(header: bytes, extension_id: int, sequence: int) ->
         element = _TWO_BYTE_ELEMENT.pack(extension_id, 2, sequence)
     words = _EXTENSION_LENGTH.unpack_from(header, 14)[0] + 1
     return b"".join((header[:14], _EXTENSION_LENGTH.pack(words), header[16:], element))
-
-
-"""A consumer packet's header on the wire once stamped: fixed header and extension."""
 
 
 def video_floor(tracks: Sequence[TrackAllocationInput]) -> int:
