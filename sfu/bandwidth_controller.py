@@ -25,6 +25,7 @@ from sfu.allocator import (
 )
 from sfu.bwe.send_side import SendSideBandwidthEstimator
 from sfu.consumer import PADDING_SIZE, Consumer, SendRtp
+from sfu.rtp.packet import RTP_HEADER_SIZE
 from sfu.rtp.transport_feedback import TransportCcFeedback
 
 if TYPE_CHECKING:
@@ -48,6 +49,22 @@ with it."""
 _TWCC_EXTENSION = struct.Struct("!HHBHB")
 _STAMPED_HEADER_SIZE = 12 + _TWCC_EXTENSION.size
 """A consumer packet's header on the wire once stamped: fixed header and extension."""
+_EXTENSION_LENGTH = struct.Struct("!H")
+_ONE_BYTE_ELEMENT = struct.Struct("!BHx")
+_TWO_BYTE_ELEMENT = struct.Struct("!BBH")
+
+
+def _with_transport_sequence(header: bytes, extension_id: int, sequence: int) -> bytes:
+    """``header`` (the fixed header and one extension block: a consumer's dependency
+    descriptor) with the transport-wide sequence number as one more element of its
+    block, in the block's form: one 32-bit word either way (RFC 8285 allows padding
+    between elements)."""
+    if header[12:14] == b"\xbe\xde":
+        element = _ONE_BYTE_ELEMENT.pack((extension_id << 4) | 1, sequence)
+    else:
+        element = _TWO_BYTE_ELEMENT.pack(extension_id, 2, sequence)
+    words = _EXTENSION_LENGTH.unpack_from(header, 14)[0] + 1
+    return b"".join((header[:14], _EXTENSION_LENGTH.pack(words), header[16:], element))
 
 
 def video_floor(tracks: Sequence[TrackAllocationInput]) -> int:
@@ -113,6 +130,13 @@ class BandwidthController:
             self.transport.session.send_rtp(header, payload)
             return
         sequence = self._sequence = (self._sequence + 1) & 0xFFFF
+        if len(header) > RTP_HEADER_SIZE:
+            header = _with_transport_sequence(header, extension_id, sequence)
+            self.estimator.on_packet_sent(
+                sequence, len(header) + len(payload), time.monotonic(), is_padding=probe
+            )
+            self.transport.session.send_rtp(header, payload)
+            return
         extension = _TWCC_EXTENSION.pack(0xBEDE, 1, (extension_id << 4) | 1, sequence, 0)
         self.estimator.on_packet_sent(
             sequence,

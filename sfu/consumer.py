@@ -5,7 +5,9 @@ stream to the subscriber, whatever simulcast layer it comes from: its own SSRC,
 sequence numbers and timestamps kept continuous across layer switches by an
 :class:`RtpMunger`, VP8 picture ids kept continuous by a :class:`Vp8Munger`, the
 payload type the subscriber negotiated, a retransmission cache for the subscriber's
-NACKs, and the counts its sender reports carry.
+NACKs, and the counts its sender reports carry. An AV1 consumer whose subscriber
+negotiated the dependency descriptor also selects decode targets
+(:class:`DependencyDescriptorSelector`) and sends the rewritten descriptor.
 
 Which stream it forwards and when it switches layers is decided by its
 :class:`~sfu.router.ProducerRoute` (LiveKit's Forwarder; this is its DownTrack): the
@@ -21,7 +23,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sfu.dependency_descriptor_selector import DependencyDescriptorSelector
 from sfu.producer import TEMPORAL_LAYERS
+from sfu.rtp.packet import RTP_HEADER_SIZE
 from sfu.rtp.red import parse_red, red_primary_start, rewrite_red_payload_types
 from sfu.rtp.rtcp import SenderReport, ntp_from_unix
 from sfu.rtp.vp8 import is_vp8_frame_start, is_vp8_keyframe, vp8_layer_sync
@@ -33,10 +37,16 @@ if TYPE_CHECKING:
 
 ALL_TEMPORAL_LAYERS = TEMPORAL_LAYERS - 1
 """The temporal limit that forwards every temporal layer."""
+ALL_SPATIAL_LAYERS = 3
+"""The spatial limit that forwards every spatial layer a dependency descriptor can name."""
 RETRANSMISSION_CACHE_SIZE = 1024
 """Packets kept per consumer for NACKs (about 1 s of 3 Mbit/s video); a power of two."""
 
 _HEADER = struct.Struct("!BBHII")
+_EXTENSION_HEADER = struct.Struct("!HH")
+_ONE_BYTE_PROFILE = 0xBEDE
+_TWO_BYTE_PROFILE = 0x1000
+_ONE_BYTE_MAX = 16
 _SEQ = struct.Struct("!H")
 _TIMESTAMP = struct.Struct("!I")
 _SEQ_MASK = RETRANSMISSION_CACHE_SIZE - 1
@@ -56,6 +66,25 @@ _MAX_RTT = 60.0
 
 SendRtp = Callable[[bytes, bytes], None]
 """Sends one RTP packet given as its header and its payload."""
+
+
+def _no_key_frame_request() -> None:
+    return None
+
+
+def _extension_block(extension_id: int, value: bytes) -> bytes:
+    """An RFC 8285 header extension block holding one element: the one-byte form when
+    it fits (id 1..14, 1..16 bytes), else the two-byte form (a descriptor with its
+    structure is often longer; subscribe offers carry ``a=extmap-allow-mixed``)."""
+    size = len(value)
+    if extension_id <= 14 and 0 < size <= _ONE_BYTE_MAX:
+        element = bytes(((extension_id << 4) | (size - 1),)) + value
+        profile = _ONE_BYTE_PROFILE
+    else:
+        element = bytes((extension_id, size)) + value
+        profile = _TWO_BYTE_PROFILE
+    padding = -len(element) % 4
+    return _EXTENSION_HEADER.pack(profile, (len(element) + padding) // 4) + element + bytes(padding)
 
 
 class Consumer:
@@ -102,6 +131,7 @@ class Consumer:
         """The subscriber accepted the m-line and its transport is connected."""
         self.paused = False
         self.max_spatial_layer: int | None = None
+        self.max_temporal_layer: int | None = None
         self.max_width: int | None = None
         self.max_height: int | None = None
         self._temporal_target = ALL_TEMPORAL_LAYERS
@@ -131,6 +161,13 @@ class Consumer:
         self._rtx_sequence = secrets.randbits(16)
         self._vp8 = Vp8Munger() if producer.codec.name.lower() == "vp8" else None
         self._at_frame_boundary = False
+        self._descriptor_selector: DependencyDescriptorSelector | None = None
+        """Decode-target selection, for an AV1 consumer whose subscriber negotiated the
+        dependency descriptor (:meth:`use_dependency_descriptor`)."""
+        self._descriptor_id = 0
+        self.request_key_frame: Callable[[], None] = _no_key_frame_request
+        """Asks the publisher for a key frame of what this consumer forwards (its route
+        sets it): the selector wants one to reach its target."""
         self._cache: list[tuple[bytes, bytes] | None] = [None] * RETRANSMISSION_CACHE_SIZE
         self._retransmit_allowance = float(RETRANSMIT_BURST)
         self._retransmit_time = 0.0
@@ -143,12 +180,44 @@ class Consumer:
         max_spatial_layer: int | None,
         max_width: int | None,
         max_height: int | None,
+        max_temporal_layer: int | None = None,
     ) -> None:
-        """The subscriber's wishes; the allocator applies them at its next run."""
+        """The subscriber's wishes; the allocator applies them at its next run (the
+        temporal cap and, for a dependency-descriptor stream, the spatial one at once)."""
         self.paused = paused
         self.max_spatial_layer = max_spatial_layer
         self.max_width = max_width
         self.max_height = max_height
+        self.max_temporal_layer = max_temporal_layer
+        self._aim_selector()
+
+    def use_dependency_descriptor(self, extension_id: int | None) -> None:
+        """The subscriber negotiated the dependency descriptor with ``extension_id``
+        (None: it did not). An AV1 consumer then forwards only the frames of its target
+        decode target, with the descriptor rewritten for it (:meth:`_forward_selected`);
+        without it, every frame as it comes."""
+        if extension_id is None or self.producer.codec.name.lower() != "av1":
+            self._descriptor_selector = None
+            self.__dict__.pop("forward", None)
+            return
+        if self._descriptor_selector is None:
+            self._descriptor_selector = DependencyDescriptorSelector()
+            self._aim_selector()
+        self._descriptor_id = extension_id
+        # Only these consumers pay for the selection: the others keep the class's forward.
+        self.forward = self._forward_selected  # type: ignore[method-assign]
+
+    def _aim_selector(self) -> None:
+        selector = self._descriptor_selector
+        if selector is None:
+            return
+        spatial = self.max_spatial_layer
+        temporal = self._temporal_target
+        if self.max_temporal_layer is not None:
+            temporal = min(temporal, self.max_temporal_layer)
+        target = (ALL_SPATIAL_LAYERS if spatial is None else spatial, temporal)
+        if target != selector.target:
+            selector.set_target(*target)
 
     def activate(
         self,
@@ -191,6 +260,7 @@ class Consumer:
         """Forward temporal layers up to ``layer`` (None: all), from the next frame
         start that allows it (see :meth:`forward`)."""
         self._temporal_target = ALL_TEMPORAL_LAYERS if layer is None else layer
+        self._aim_selector()
 
     def start_layer(self, seq: int, ts: int, payload: bytes, now: float, switched: bool) -> None:
         """The route starts this consumer on a stream at its packet (``seq``, ``ts``,
@@ -319,6 +389,52 @@ class Consumer:
         self.red_recovered += 1
         self._send_rtp(header, payload)
 
+    def _forward_selected(
+        self, marker_bit: int, seq: int, ts: int, payload: bytes, tid: int
+    ) -> None:
+        """:meth:`forward` for a consumer with a :class:`DependencyDescriptorSelector`:
+        the producer's descriptor of this packet decides whether it goes (a dropped one
+        leaves no gap in the sequence numbers), and the descriptor the selector gives
+        goes with it as a header extension. A packet without a descriptor is forwarded
+        as :meth:`forward` would while none came (a publisher that sends none), and
+        dropped once they come: nothing says which decode target it belongs to."""
+        if not self.active or self.paused:
+            return
+        selector = self._descriptor_selector
+        assert selector is not None
+        received = self.producer.dependency_descriptor
+        if received is None:
+            if selector.frames_forwarded or selector.frames_dropped:
+                self._munger.drop(seq)
+                self.packets_dropped_temporal += 1
+            else:
+                Consumer.forward(self, marker_bit, seq, ts, payload, tid)
+            return
+        selection = selector.select(
+            received.descriptor, received.structure, received.value, marker_bit != 0
+        )
+        if selection is None:
+            self._munger.drop(seq)
+            self.packets_dropped_temporal += 1
+            if selector.needs_key_frame:
+                self.request_key_frame()
+            return
+        translated = self._munger.translate(seq, ts)
+        if translated is None:
+            return
+        out_seq, out_ts = translated
+        marker_bit = 0x80 if selection.marker else 0
+        header = _HEADER.pack(
+            0x90, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc
+        ) + _extension_block(self._descriptor_id, selection.descriptor)
+        self._cache[out_seq & _SEQ_MASK] = (header, payload)
+        self._at_frame_boundary = marker_bit != 0
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
+        if self.first_forwarded_at is None:
+            self.first_forwarded_at = time.monotonic()
+        self._send_rtp(header, payload)
+
     def stop(self) -> None:
         """The route took this consumer off its stream: no padding probes until it
         forwards again (they go only at a frame boundary of what it forwards)."""
@@ -373,17 +489,20 @@ class Consumer:
 
     def _rtx_packet(self, packet: tuple[bytes, bytes], seq: int) -> tuple[bytes, bytes]:
         """``packet`` (sequence number ``seq``) wrapped for the RTX stream (RFC 4588
-        section 4): the RTX header, then the original sequence number and payload."""
+        section 4): the RTX header (with the original's header extension, such as its
+        dependency descriptor), then the original sequence number and payload."""
         assert self.rtx_payload_type is not None and self.rtx_ssrc is not None
         header, payload = packet
         self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
         rtx_header = _HEADER.pack(
-            0x80,
+            header[0],
             (header[1] & 0x80) | self.rtx_payload_type,
             self._rtx_sequence,
             _TIMESTAMP.unpack_from(header, 4)[0],
             self.rtx_ssrc,
         )
+        if len(header) > RTP_HEADER_SIZE:
+            rtx_header += header[RTP_HEADER_SIZE:]
         return rtx_header, _SEQ.pack(seq) + payload
 
     def padding_packets(self, count: int) -> list[tuple[bytes, bytes]]:

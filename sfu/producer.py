@@ -22,6 +22,12 @@ from typing import Literal, Protocol
 from sfu.keyframe_request_manager import KeyFrameRequestManager
 from sfu.nack_generator import NackGenerator
 from sfu.rtp.av1 import is_av1_keyframe
+from sfu.rtp.dependency_descriptor import (
+    DependencyDescriptor,
+    DependencyDescriptorError,
+    FrameDependencyStructure,
+    parse_dependency_descriptor,
+)
 from sfu.rtp.h264 import h264_key_frame_size, is_h264_keyframe
 from sfu.rtp.packet import RTP_HEADER_SIZE, RTP_PADDING_BIT
 from sfu.rtp.receive_statistics import ReceiveStatistics
@@ -140,6 +146,8 @@ class RtpStream:
     spatial_sizes: tuple[tuple[int, int], ...] = ()
     """(width, height) of each spatial layer, from a VP9 key picture's scalability
     structure."""
+    dependency_structure: FrameDependencyStructure | None = None
+    """The latest template dependency structure its dependency descriptors attached."""
     _window_start: float = 0.0
     _window_bytes: int = 0
     _temporal_bytes: list[int] = field(default_factory=lambda: [0] * TEMPORAL_LAYERS)
@@ -197,6 +205,17 @@ class RtpStream:
         """The bitrate the allocator may plan with: 0 when the publisher stopped the
         layer on its own (bandwidth, CPU), the last measured one when dynacast paused it."""
         return self.bitrate if self.flowing(now) or self.paused else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedDependencyDescriptor:
+    """The dependency descriptor of the packet a producer is handing to its listener."""
+
+    descriptor: DependencyDescriptor
+    structure: FrameDependencyStructure
+    """The structure it was parsed with (the stream's latest)."""
+    value: bytes
+    """The extension value as received (forwarded as is when nothing changes)."""
 
 
 class ProducerListener(Protocol):
@@ -298,6 +317,12 @@ class Producer:
         self.observers: list[RtpObserver] = []
         """Listeners to every packet of every stream besides the route (recorders)."""
         self.packets_dropped = 0
+        self.descriptors_dropped = 0
+        """Packets dropped for a malformed dependency descriptor (or one that refers to
+        no structure received)."""
+        self.dependency_descriptor: ReceivedDependencyDescriptor | None = None
+        """The dependency descriptor of the packet being handed to the listener now (its
+        consumers read it in :meth:`ProducerListener.on_rtp`); None: it carries none."""
         self.padding_dropped = 0
         """Probes not forwarded: padding-only packets (media ones are counted as
         received) and RTX copies of packets already received."""
@@ -307,6 +332,7 @@ class Producer:
         self._reads_size = self._key_frame_size is not _no_size
         self._is_vp8 = self.codec.name.lower() == "vp8"
         self._is_vp9 = self.codec.name.lower() == "vp9"
+        self._reads_descriptor = self.codec.name.lower() == "av1"
         self._send_key_frame_request = send_key_frame_request
         self._send_nack = send_nack
 
@@ -351,14 +377,25 @@ class Producer:
                 return stream
         return next((s for s in self.layers if s is not None), None)
 
-    def receive(self, stream: RtpStream, data: bytes, payload_start: int, now: float) -> None:
-        """One validated RTP packet of ``stream``; ``payload_start`` skips its header.
+    def receive(
+        self,
+        stream: RtpStream,
+        data: bytes,
+        payload_start: int,
+        now: float,
+        descriptor: bytes | None = None,
+    ) -> None:
+        """One validated RTP packet of ``stream``; ``payload_start`` skips its header;
+        ``descriptor`` is its dependency descriptor extension's value, if negotiated.
 
         RTP padding (RFC 3550 §5.1: the P bit, the last octet counts the padding octets,
         itself included; the header parse checked the count) is stripped before anything
         reads the payload, so no codec parser and no subscriber sees it. A packet that
         is only padding (libwebrtc's padding on the media SSRC when rtx is not
-        negotiated) is counted and dropped (:meth:`_receive_padding`).
+        negotiated) is counted and dropped (:meth:`_receive_padding`). An AV1 packet's
+        dependency descriptor is parsed (bounded by its 255 bytes) with the stream's
+        latest structure; a malformed one drops the packet, counted, and consumers leave
+        no gap for it.
         """
         if data[0] & RTP_PADDING_BIT:
             data = data[: len(data) - data[-1]]
@@ -374,6 +411,14 @@ class Producer:
         stream.meter(len(data), now, tid)
         for observer in self.observers:
             observer.receive_rtp(stream, data, payload_start, now)
+        if self._reads_descriptor:
+            if descriptor is None:
+                self.dependency_descriptor = None
+            elif not self._read_descriptor(stream, descriptor):
+                self._track_loss(stream, seq, now, False)
+                if not self.muted:
+                    self.listener.on_padding(stream, seq)
+                return
         listener = self.listener
         if self.muted or not listener.wants(stream):
             if self.kind == "video":
@@ -447,6 +492,23 @@ class Producer:
         switch_point = key_frame and extended == stream.statistics.highest_sequence
         listener.on_rtp(stream, data[1] & 0x80, seq, ts, payload, tid, switch_point, now)
 
+    def _read_descriptor(self, stream: RtpStream, value: bytes) -> bool:
+        """Parse ``value`` into :attr:`dependency_descriptor`; False when malformed."""
+        try:
+            parsed = parse_dependency_descriptor(value, stream.dependency_structure)
+        except DependencyDescriptorError:
+            self.descriptors_dropped += 1
+            self.dependency_descriptor = None
+            return False
+        structure = parsed.attached_structure
+        if structure is not None:
+            stream.dependency_structure = structure
+        else:
+            structure = stream.dependency_structure
+            assert structure is not None  # the parser needs one without an attached one
+        self.dependency_descriptor = ReceivedDependencyDescriptor(parsed, structure, value)
+        return True
+
     def _receive_padding(self, stream: RtpStream, header: bytes, now: float) -> None:
         """A packet of ``stream`` with nothing but padding (``header`` is what is left).
 
@@ -467,8 +529,16 @@ class Producer:
         if not self.muted:
             self.listener.on_padding(stream, seq)
 
-    def receive_rtx(self, stream: RtpStream, data: bytes, payload_start: int, now: float) -> None:
-        """One validated RTP packet of the RTX stream (RFC 4588) that repairs ``stream``.
+    def receive_rtx(
+        self,
+        stream: RtpStream,
+        data: bytes,
+        payload_start: int,
+        now: float,
+        descriptor: bytes | None = None,
+    ) -> None:
+        """One validated RTP packet of the RTX stream (RFC 4588) that repairs ``stream``
+        (``descriptor``: its dependency descriptor, the original packet's).
 
         Only a packet the NACK generator waits for is repaired (as mediasoup's
         ``RtpStreamRecv`` does): it is rebuilt from the original sequence number and
@@ -501,7 +571,7 @@ class Producer:
         if end == start:
             self._receive_padding(stream, header, now)
         else:
-            self.receive(stream, header + data[start:end], RTP_HEADER_SIZE, now)
+            self.receive(stream, header + data[start:end], RTP_HEADER_SIZE, now, descriptor)
 
     def _track_loss(self, stream: RtpStream, seq: int, now: float, key_frame: bool) -> None:
         result = stream.nack.received(seq, now, key_frame)

@@ -163,7 +163,9 @@ class MuteMessage(_Message):
 class TrackSettingsMessage(_Message):
     """A subscriber's preferences for one remote video track (simulcast layer choice).
 
-    ``max_spatial_layer`` caps the layer (0 = lowest); ``max_width``/``max_height`` cap
+    ``max_spatial_layer`` caps the layer (0 = lowest), ``max_temporal_layer`` the
+    temporal layer of an SVC stream (AV1 with the dependency descriptor: fewer frames
+    per second); ``max_width``/``max_height`` cap
     it by the size the page renders; ``paused`` stops the track (hidden element).
     """
 
@@ -171,6 +173,7 @@ class TrackSettingsMessage(_Message):
     track_id: Text
     paused: bool = False
     max_spatial_layer: int | None = Field(default=None, ge=0, le=2)
+    max_temporal_layer: int | None = Field(default=None, ge=0, le=3)
     max_width: int | None = Field(default=None, ge=0, le=16384)
     max_height: int | None = Field(default=None, ge=0, le=16384)
 
@@ -421,7 +424,9 @@ class ErrorMessage(_Message):
     request_type: str | None = None
     fatal: bool = False
     track_id: str | None = Field(
-        default=None, description="the track the error is about (codec_unsupported)"
+        default=None,
+        description="the track the error is about (codec_unsupported; unknown_track for"
+        " track_settings)",
     )
     codec: str | None = Field(
         default=None,

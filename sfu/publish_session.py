@@ -24,6 +24,7 @@ from sfu.producer import Producer
 from sfu.protocol import ErrorCode, TrackInfo
 from sfu.rtp import rtcp
 from sfu.rtp.extensions import (
+    DEPENDENCY_DESCRIPTOR,
     SSRC_AUDIO_LEVEL,
     TRANSPORT_WIDE_CC,
     decode_audio_level,
@@ -85,6 +86,7 @@ class PublishSession:
         self.demultiplexer = RtpDemultiplexer(self.producers, self._feedback_names)
         self._audio_level_extension: int | None = None
         self._transport_cc_extension: int | None = None
+        self._dependency_descriptor_extension: int | None = None
         self._next_feedback = 0.0
 
     def negotiate(
@@ -123,6 +125,9 @@ class PublishSession:
             ids = media.header_extensions
             self.demultiplexer.use_extensions(ids)
             self._transport_cc_extension = ids.get(TRANSPORT_WIDE_CC, self._transport_cc_extension)
+            self._dependency_descriptor_extension = ids.get(
+                DEPENDENCY_DESCRIPTOR, self._dependency_descriptor_extension
+            )
             if media.kind == "audio":
                 self._audio_level_extension = ids.get(SSRC_AUDIO_LEVEL, self._audio_level_extension)
             if media.mid in self.producers:
@@ -183,13 +188,25 @@ class PublishSession:
         if stream is None:
             repaired = self.demultiplexer.repaired(_SSRC.unpack_from(data, 8)[0])
             if repaired is not None:
-                repaired[0].receive_rtx(repaired[1], data, start, now)
+                repaired[0].receive_rtx(
+                    repaired[1],
+                    data,
+                    start,
+                    now,
+                    extensions.get(self._dependency_descriptor_extension),  # type: ignore[arg-type]
+                )
             return
         level = extensions.get(self._audio_level_extension)  # type: ignore[arg-type]
         if level is not None and producer.kind == "audio" and len(level) >= 1:
             voice, dbov = decode_audio_level(level[:1])
             self.on_audio_level(dbov, voice, now)
-        producer.receive(stream, data, start, now)
+        producer.receive(
+            stream,
+            data,
+            start,
+            now,
+            extensions.get(self._dependency_descriptor_extension),  # type: ignore[arg-type]
+        )
 
     def _record_unroutable(self, data: bytes) -> None:
         """Put an unroutable packet's transport-wide sequence number in the feedback all

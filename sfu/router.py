@@ -23,6 +23,7 @@ never sees a frame it cannot decode.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sfu.allocator import LayerInfo, TrackAllocationInput
@@ -136,6 +137,7 @@ class ProducerRoute:
 
     def add(self, consumer: Consumer) -> None:
         self.forwardings[consumer.id] = Forwarding(consumer)
+        consumer.request_key_frame = partial(self.request_key_frame, consumer)
 
     def remove(self, consumer: Consumer) -> None:
         forwarding = self.forwardings.pop(consumer.id, None)

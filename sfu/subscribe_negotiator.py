@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sfu.protocol import ErrorCode, SubscribeOfferMessage, SubscribeTrack
-from sfu.rtp.extensions import TRANSPORT_WIDE_CC
+from sfu.rtp.extensions import DEPENDENCY_DESCRIPTOR, TRANSPORT_WIDE_CC
 from sfu.sdp import (
     HeaderExtension,
     LocalTransport,
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 OUTGOING_TRANSPORT_CC_ID = 3
 """Header extension id of the transport-wide sequence number in subscribe offers."""
+OUTGOING_DEPENDENCY_DESCRIPTOR_ID = 4
+"""Header extension id of the dependency descriptor in subscribe offers of AV1 tracks."""
 
 
 @dataclass
@@ -241,6 +243,7 @@ class SubscribeNegotiator:
             slot.red_payload_type = next(
                 (c.payload_type for c in result.codecs if c.name.lower() == "red"), None
             )
+            consumer.use_dependency_descriptor(result.header_extensions.get(DEPENDENCY_DESCRIPTOR))
             slot.rtx_payload_type = next(
                 (c.payload_type for c in result.codecs if c.is_rtx and c.apt == slot.payload_type),
                 None,
@@ -286,11 +289,16 @@ class SubscribeNegotiator:
         codecs = outgoing_codecs_for(
             slot.kind, producer.codec, allow_h264, producer.red_payload_type is not None
         )
+        extensions = [HeaderExtension(id=OUTGOING_TRANSPORT_CC_ID, uri=TRANSPORT_WIDE_CC)]
+        if producer.codec.name.upper() == "AV1":
+            extensions.append(
+                HeaderExtension(id=OUTGOING_DEPENDENCY_DESCRIPTOR_ID, uri=DEPENDENCY_DESCRIPTOR)
+            )
         return OutgoingMedia(
             mid=slot.mid,
             kind=slot.kind,
             codecs=codecs,
-            header_extensions=[HeaderExtension(id=OUTGOING_TRANSPORT_CC_ID, uri=TRANSPORT_WIDE_CC)],
+            header_extensions=extensions,
             ssrc=consumer.ssrc,
             rtx_ssrc=consumer.rtx_ssrc if any(c.is_rtx for c in codecs) else None,
             cname=self._cname,

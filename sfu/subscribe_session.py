@@ -110,13 +110,16 @@ class SubscribeSession:
         consumer = self.negotiator.consumers.get(message.track_id)
         if consumer is None:
             raise ProtocolError(
-                ErrorCode.UNKNOWN_TRACK, f"you receive no track {message.track_id!r}"
+                ErrorCode.UNKNOWN_TRACK,
+                f"you receive no track {message.track_id!r}",
+                track_id=message.track_id,
             )
         consumer.set_preferences(
             paused=message.paused,
             max_spatial_layer=message.max_spatial_layer,
             max_width=message.max_width,
             max_height=message.max_height,
+            max_temporal_layer=message.max_temporal_layer,
         )
 
     def send_codec_unsupported(self, producer: Producer) -> None:

@@ -68,10 +68,12 @@ class HttpSession:
 class ProtocolError(Exception):
     """A request that cannot be served; signaling turns it into an ``error`` message."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, track_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.track_id = track_id
+        """The track the request named, for an error about it (``unknown_track``)."""
 
 
 class MediaWorker(Protocol):

@@ -332,8 +332,16 @@ class Session:
             self._terminal_close = (close_code, message.code.value)
             self._terminated.set()
 
-    def _error(self, code: ErrorCode, message: str, request_type: str | None) -> None:
-        self.deliver(ErrorMessage(code=code, message=message, request_type=request_type))
+    def _error(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_type: str | None,
+        track_id: str | None = None,
+    ) -> None:
+        self.deliver(
+            ErrorMessage(code=code, message=message, request_type=request_type, track_id=track_id)
+        )
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         """End the session with a fatal error (sent, then the socket closes)."""
@@ -406,7 +414,7 @@ class Session:
             try:
                 await self._handle(request)
             except ProtocolError as exc:
-                self._error(exc.code, exc.message, request.type)
+                self._error(exc.code, exc.message, request.type, exc.track_id)
             except Exception:
                 logger.exception(
                     "participant %s: %s request failed", self._participant_id, request.type

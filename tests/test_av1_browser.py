@@ -1,10 +1,13 @@
-"""An AV1 publisher in headless Chromium, decoded by a Chromium subscriber.
+"""An AV1 publisher in headless Chromium, decoded by Chromium subscribers.
 
 The demo page's ``?codec=av1`` offers only AV1 (``setCodecPreferences``); the test asks
 for ``scalabilityMode`` L1T3 on the camera's encoding (the demo page has no setting for
 it yet, so an init script adds it to ``addTransceiver``). Chromium 156 encodes it with
-libaom and the server forwards all three temporal layers as they come. Run with ``-s``
-to see the measured figures.
+libaom and sends the dependency descriptor; the server forwards it to each subscriber
+that negotiated it, rewritten for the decode target it gets: all three temporal layers
+for one, only the base layer (a quarter of the frames) for one capped by preference
+(``track_settings`` ``max_temporal_layer``). Run with ``-s`` to see the measured
+figures.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ UI_TIMEOUT_MS = 20_000
 MIN_FPS = 10.0
 """The fake camera sends 20 fps; a loaded 2-core machine decodes fewer."""
 MAX_FREEZE = 1.0
+CAPPED_FPS_RATIO = 0.6
+"""The base layer of L1T3 is a quarter of the frames: at most this share of the full
+rate (allowing for a loaded machine decoding the full stream slowly)."""
+DEPENDENCY_DESCRIPTOR = "dependency-descriptor-rtp-header-extension"
 
 SCALABILITY_JS = """(() => {
     const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
@@ -122,6 +129,11 @@ def open_page(context: Any, base: str, query: str, init_script: str | None = Non
     return page
 
 
+def sent_settings(page: Any, track: str) -> dict[str, Any]:
+    """The track settings the page's SDK sent last for ``track``."""
+    return page.evaluate("(id) => window.sfu.session._sentSettings[id] || {}", track)
+
+
 def poll(page: Any, check: Any, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not check():
@@ -130,7 +142,7 @@ def poll(page: Any, check: Any, what: str) -> None:
         time.sleep(0.25)
 
 
-def test_av1_l1t3_publisher_is_decoded_by_a_chromium_subscriber(
+def test_av1_l1t3_publisher_is_decoded_with_the_dependency_descriptor(
     chromium: Any, sfu_server: ServerUrl
 ) -> None:
     name = f"av1-{uuid.uuid4().hex[:8]}"
@@ -138,27 +150,39 @@ def test_av1_l1t3_publisher_is_decoded_by_a_chromium_subscriber(
         chromium, sfu_server, f"room={name}&name=pub&codec=av1&simulcast=0", SCALABILITY_JS
     )
     viewer = open_page(chromium, sfu_server, f"room={name}&name=viewer&publish=0")
+    capped = open_page(chromium, sfu_server, f"room={name}&name=capped&publish=0")
     publisher_id = publisher.evaluate("() => window.sfu.participantId")
     start = time.monotonic()
 
-    def width() -> int:
-        inbound = inbound_video_of(page_stats(viewer), publisher_id)
-        return inbound["frameWidth"] if inbound else 0
+    def inbound(page: Any) -> dict[str, Any]:
+        return inbound_video_of(page_stats(page), publisher_id) or {}
 
-    poll(viewer, lambda: width() == TOP_WIDTH, f"the viewer to decode {TOP_WIDTH} px")
+    poll(viewer, lambda: inbound(viewer).get("frameWidth") == TOP_WIDTH, f"{TOP_WIDTH} px")
+    poll(capped, lambda: inbound(capped).get("framesDecoded", 0) > 0, "the capped viewer")
+    track = inbound(capped)["trackId"]
+    assert capped.evaluate("(id) => window.sfu.setMaxTemporalLayer(id, 0)", publisher_id)
     sent = publisher.evaluate(STATS_JS)["outbound"]
     received = viewer.evaluate(STATS_JS)["inbound"]
+    capped.wait_for_timeout(1000)  # the cap takes effect at the next frame
+    watched_capped = watch_decoding(capped, publisher_id, 3.0)
     watched = watch_decoding(viewer, publisher_id, 3.0)
     print(
         f"\npublisher: {sent}; viewer: {received}, {TOP_WIDTH} px after"
         f" {time.monotonic() - start:.1f}s, {watched.fps:.1f} fps, longest gap"
-        f" {watched.longest_gap:.2f}s"
+        f" {watched.longest_gap:.2f}s; capped to temporal layer 0: {watched_capped.fps:.1f}"
+        f" fps, longest gap {watched_capped.longest_gap:.2f}s"
     )
     assert sent["codec"] == AV1 and sent["mode"] == SCALABILITY_MODE, sent
     assert received["codec"] == AV1, received
+    for page in (viewer, capped):
+        answer = page.evaluate("() => window.sfu.subscribePc.localDescription.sdp")
+        assert DEPENDENCY_DESCRIPTOR in answer, "the subscriber negotiated the descriptor"
     assert watched.fps >= MIN_FPS, watched
     assert watched.longest_gap < MAX_FREEZE, watched
-    for page in (publisher, viewer):
+    assert 0 < watched_capped.fps <= CAPPED_FPS_RATIO * watched.fps, (watched_capped, watched)
+    assert watched_capped.longest_gap < MAX_FREEZE, watched_capped
+    assert sent_settings(capped, track)["max_temporal_layer"] == 0
+    for page in (publisher, viewer, capped):
         assert page.uncaught_errors == [], page.url
         assert page.evaluate("() => window.sfu.lastError") is None, page_state(page)
         page.close(run_before_unload=True)

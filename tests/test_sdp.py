@@ -28,6 +28,7 @@ from sfu.sdp.description import MAX_LINES
 from sfu.sdp.negotiation import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
+    DEPENDENCY_DESCRIPTOR_URI,
     MAX_SSRCS_PER_SECTION,
     MID_URI,
     REPAIRED_RID_URI,
@@ -1036,6 +1037,21 @@ def test_publish_answer_av1_when_the_publisher_chose_it():
     # Offered after other codecs, AV1 is not what the publisher chose.
     answer, _ = create_publish_answer(without_vp8(load("chrome-plain-offer")), LOCAL)
     assert answer.media[1].port == 0
+
+
+def test_the_dependency_descriptor_is_accepted_from_av1_publishers_only():
+    offers = []
+    for offer in (av1_first(load("chrome-plain-offer")), load("chrome-plain-offer")):
+        offer.media[1].header_extensions.append(HeaderExtension(12, DEPENDENCY_DESCRIPTOR_URI))
+        offers.append(SessionDescription.parse(str(offer)))
+    answer, published = create_publish_answer(offers[0], LOCAL)
+    assert HeaderExtension(12, DEPENDENCY_DESCRIPTOR_URI) in answer.media[1].header_extensions
+    assert published[1].header_extensions[DEPENDENCY_DESCRIPTOR_URI] == 12
+    answer, published = create_publish_answer(offers[1], LOCAL)
+    assert published[1].codecs[0].name == "VP8"
+    assert DEPENDENCY_DESCRIPTOR_URI not in published[1].header_extensions, (
+        "VP8 packets are not made to carry what nothing reads"
+    )
 
 
 def test_a_subscriber_is_offered_av1_for_an_av1_track():

@@ -70,9 +70,16 @@ async def request(ws: ClientConnection, message: dict[str, Any] | str) -> dict[s
     return await receive(ws)
 
 
+PERIODIC_EVENTS = {"connection_quality", "active_speakers"}
+"""Room events the server sends on its own schedule, between the replies."""
+
+
 async def receive(ws: ClientConnection) -> dict[str, Any]:
-    reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT))
-    return reply
+    """The next message that is not a periodic room event."""
+    while True:
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT))
+        if reply["type"] not in PERIODIC_EVENTS:
+            return reply
 
 
 async def assert_alive(ws: ClientConnection) -> None:

@@ -10,6 +10,7 @@ from sfu.bench.participants import create_recvonly_answer
 from sfu.consumer import Consumer
 from sfu.producer import Producer
 from sfu.protocol import ErrorCode, SubscribeOfferMessage
+from sfu.rtp.extensions import DEPENDENCY_DESCRIPTOR, TRANSPORT_WIDE_CC
 from sfu.sdp import Codec, LocalTransport, SessionDescription, TransportInfo
 from sfu.subscribe_negotiator import SubscribeNegotiator
 from sfu.worker_api import ProtocolError
@@ -116,3 +117,20 @@ def test_a_bad_answer_or_a_refused_transport_is_bad_sdp_and_leaves_the_offer_out
     assert refused.value.code is ErrorCode.BAD_SDP and "fingerprint" in str(refused.value)
     negotiator.answer(answer_to(offer), offer.revision, None)
     assert negotiator.awaiting is None
+
+
+def test_an_av1_track_is_offered_with_the_dependency_descriptor():
+    negotiator = SubscribeNegotiator("cname", allow_h264=False)
+    av1, vp8 = consumer(1, Codec(45, "AV1", 90000)), consumer(2)
+    negotiator.add(av1)
+    negotiator.add(vp8)
+    offer = negotiator.offer(LOCAL)
+    assert offer is not None
+    sections = SessionDescription.parse(offer.sdp).media
+    assert [{e.uri for e in m.header_extensions} for m in sections] == [
+        {DEPENDENCY_DESCRIPTOR, TRANSPORT_WIDE_CC},
+        {TRANSPORT_WIDE_CC},
+    ]
+    negotiator.answer(answer_to(offer), offer.revision, None)
+    assert av1.forward == av1._forward_selected, "its subscriber gets decode targets selected"
+    assert "forward" not in vars(vp8), "a VP8 consumer keeps the plain forward"

@@ -25,6 +25,7 @@ from sfu.protocol import (
     SubscribeOfferMessage,
     TrackInfo,
     TrackMutedMessage,
+    TrackSettingsMessage,
     TrackUnpublishedMessage,
 )
 from sfu.rtp.packet import build_rtp_packet
@@ -222,6 +223,15 @@ async def test_bad_requests_raise_protocol_errors(worker, call, code):
     with pytest.raises(ProtocolError) as error:
         await call(worker)
     assert error.value.code == code
+
+
+async def test_settings_for_a_track_not_received_name_the_track(worker):
+    """Settings that crossed the track's unpublishing: the error says which track, so a
+    client can tell them from a mistake of its own."""
+    await join(worker, "PA_a")
+    with pytest.raises(ProtocolError) as error:
+        await worker.track_settings("PA_a", TrackSettingsMessage(track_id="TR_gone", paused=True))
+    assert (error.value.code, error.value.track_id) == (ErrorCode.UNKNOWN_TRACK, "TR_gone")
 
 
 async def test_bad_candidate_after_offer(worker):

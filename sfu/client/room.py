@@ -233,15 +233,18 @@ class RoomClient:
         max_spatial_layer: int | None = None,
         max_width: int | None = None,
         max_height: int | None = None,
+        max_temporal_layer: int | None = None,
     ) -> None:
         """Preferences for one remote track: ``paused`` stops its forwarding (how to
         subscribe to selected tracks only); the others cap the simulcast layer the
-        server picks, by index (0 = lowest) or by the size you render."""
+        server picks, by index (0 = lowest) or by the size you render, and the temporal
+        layer of an SVC stream (AV1: fewer frames per second)."""
         await _require(self._signaling).command(
             TrackSettingsMessage(
                 track_id=track_id,
                 paused=paused,
                 max_spatial_layer=max_spatial_layer,
+                max_temporal_layer=max_temporal_layer,
                 max_width=max_width,
                 max_height=max_height,
             )

@@ -81,7 +81,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "malformed_rtp, malformed_rtcp, unroutable: no stream for the SSRC, "
         "padding: bandwidth probes, i.e. padding-only packets and RTX copies of "
         "packets already received, malformed_red: RED payloads, RFC 2198, a consumer "
-        "could not unwrap)",
+        "could not unwrap, malformed_dependency_descriptor: an AV1 packet whose "
+        "dependency descriptor is malformed or refers to no structure received)",
         "reason",
     ),
     "sfu_rtcp_feedback_received": ("RTCP feedback from subscribers, by type", "type"),
@@ -144,6 +145,7 @@ COUNTER_LABELS: dict[str, tuple[str, ...]] = {
         "unroutable",
         "padding",
         "malformed_red",
+        "malformed_dependency_descriptor",
     ),
     "sfu_rtcp_feedback_received": ("nack", "pli", "fir"),
     "sfu_rtcp_dropped_packets": ("budget",),
@@ -253,6 +255,10 @@ def _stream_counts(kind: str, stream: RtpStream) -> Iterator[tuple[CounterKey, i
 def _producer_counts(producer: Producer) -> Iterator[tuple[CounterKey, int]]:
     yield ("sfu_rtp_dropped_packets", "malformed_rtp"), producer.packets_dropped
     yield ("sfu_rtp_dropped_packets", "padding"), producer.padding_dropped
+    yield (
+        ("sfu_rtp_dropped_packets", "malformed_dependency_descriptor"),
+        producer.descriptors_dropped,
+    )
     yield ("sfu_rtcp_feedback_sent", "nack"), producer.nacks_sent
 
 

@@ -32,6 +32,9 @@ REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+DEPENDENCY_DESCRIPTOR_URI = (
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
+)
 
 DATA_CHANNEL_PROTOCOLS = ("UDP/DTLS/SCTP", "TCP/DTLS/SCTP")
 DATA_CHANNEL_FORMAT = "webrtc-datachannel"
@@ -338,8 +341,12 @@ def _is_red_for(codec: Codec, primary: Codec) -> bool:
 _ANSWER_EXTENSION_DIRECTION = {None: None, "sendrecv": None, "sendonly": "recvonly"}
 
 
-def _answer_header_extensions(media: MediaSection) -> list[HeaderExtension]:
+def _answer_header_extensions(media: MediaSection, primary: Codec) -> list[HeaderExtension]:
     accepted = CODEC_POLICY.header_extensions.get(media.kind, frozenset())
+    if primary.name.upper() == "AV1":
+        # Its decode targets are how the SFU drops layers per subscriber; other codecs
+        # do without (parsing it would cost every VP8 packet).
+        accepted = accepted | {DEPENDENCY_DESCRIPTOR_URI}
     return [
         HeaderExtension(ext.id, ext.uri, _ANSWER_EXTENSION_DIRECTION[ext.direction])
         for ext in media.header_extensions
@@ -476,7 +483,7 @@ def _answer_media(
     codecs = _answer_codecs(offered, allow_h264) if acceptable else []
     if not codecs or offered.mid is None:
         return _rejected_section(offered), None
-    extensions = _answer_header_extensions(offered)
+    extensions = _answer_header_extensions(offered, codecs[0])
     # RED first: libwebrtc sends RED only when it precedes its primary codec in the
     # answer (Chrome offers it after Opus, and sends plain Opus to such an answer).
     answered = sorted(codecs, key=lambda codec: codec.name.lower() != "red")

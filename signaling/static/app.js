@@ -241,6 +241,10 @@ window.sfu = {
   setMaxQuality(participantId, choice) {
     return quality.setMaxQuality(participantId, choice);
   },
+  /** Cap the temporal layer received from a participant (SVC: fewer frames per second). */
+  setMaxTemporalLayer(participantId, layer) {
+    return quality.setMaxTemporalLayer(participantId, layer);
+  },
   join,
   leave,
 };

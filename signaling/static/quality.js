@@ -72,6 +72,7 @@ export class VideoQuality {
       video,
       select,
       choice: "auto",
+      maxTemporalLayer: null,
       visible: true,
       tiny: false,
       width: null,
@@ -108,6 +109,16 @@ export class VideoQuality {
     if (!view || !(choice in LAYER_BY_CHOICE)) return false;
     view.choice = choice;
     if (view.select) view.select.value = choice;
+    this.sync();
+    return true;
+  }
+
+  /** Cap the temporal layer received from `participantId` (an SVC stream such as AV1:
+   * fewer frames per second); null lifts the cap. */
+  setMaxTemporalLayer(participantId, layer) {
+    const view = this.views.get(participantId);
+    if (!view) return false;
+    view.maxTemporalLayer = layer;
     this.sync();
     return true;
   }
@@ -156,6 +167,7 @@ export class VideoQuality {
       room.setTrackSettings(remote.trackId, {
         paused: pageHidden || !view.visible || view.tiny,
         maxSpatialLayer: LAYER_BY_CHOICE[view.choice],
+        maxTemporalLayer: view.maxTemporalLayer,
         maxWidth: view.width,
         maxHeight: view.height,
       });
@@ -219,6 +231,7 @@ export class VideoQuality {
     for (const [participantId, view] of this.views) {
       result[participantId] = {
         choice: view.choice,
+        maxTemporalLayer: view.maxTemporalLayer,
         visible: view.visible && !view.tiny,
         width: view.width,
         height: view.height,

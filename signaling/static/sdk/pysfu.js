@@ -378,6 +378,7 @@ export async function connect(url, token, options = {}) {
  * @typedef {object} TrackSettings
  * @property {boolean} [paused] stop forwarding it (subscribe to selected tracks only)
  * @property {number|null} [maxSpatialLayer] cap the simulcast layer: 0 = lowest
+ * @property {number|null} [maxTemporalLayer] cap the temporal layer of an SVC stream (AV1): fewer frames per second
  * @property {number|null} [maxWidth] the size you render it at, in device pixels
  * @property {number|null} [maxHeight]
  */
@@ -1072,6 +1073,14 @@ export class Room extends EventTarget {
       this._onCodecUnsupported(error.trackId, error.codec || "an unknown codec");
       return;
     }
+    if (
+      error.code === ErrorCode.UNKNOWN_TRACK &&
+      error.requestType === "track_settings" &&
+      error.trackId &&
+      !this.remoteTracks.has(error.trackId)
+    ) {
+      return; // settings that crossed the track's unpublishing on the wire: nothing to do
+    }
     if (error.fatal) this._fatal = error;
     if (error.requestType === "join" && this._pendingJoin) {
       const pending = this._pendingJoin;
@@ -1532,13 +1541,20 @@ export class Room extends EventTarget {
    */
   setTrackSettings(
     trackId,
-    { paused = false, maxSpatialLayer = null, maxWidth = null, maxHeight = null } = {},
+    {
+      paused = false,
+      maxSpatialLayer = null,
+      maxTemporalLayer = null,
+      maxWidth = null,
+      maxHeight = null,
+    } = {},
   ) {
     this._wantedSettings.set(trackId, {
       type: "track_settings",
       track_id: trackId,
       paused: Boolean(paused),
       max_spatial_layer: maxSpatialLayer ?? null,
+      max_temporal_layer: maxTemporalLayer ?? null,
       max_width: maxWidth ?? null,
       max_height: maxHeight ?? null,
     });
