@@ -314,9 +314,14 @@ class Consumer:
             payload = self._vp8.rewrite(payload)
         self._send_forwarded(marker_bit, translated[0], translated[1], payload)
 
-    def _send_forwarded(self, marker_bit: int, out_seq: int, out_ts: int, payload: bytes) -> None:
-        """Send a forwarded packet with its outgoing numbers and keep it for NACKs."""
-        header = _HEADER.pack(0x80, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
+    def _send_forwarded(
+        self, marker_bit: int, out_seq: int, out_ts: int, payload: bytes, extensions: bytes = b""
+    ) -> None:
+        """Send a forwarded packet with its outgoing numbers (and ``extensions``, a
+        header extension block, RFC 8285) and keep it for NACKs."""
+        first = 0x90 if extensions else 0x80
+        header = _HEADER.pack(first, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc)
+        header += extensions
         self._cache[out_seq & _SEQ_MASK] = (header, payload)
         self._at_frame_boundary = marker_bit != 0
         self.packets_sent += 1
@@ -422,18 +427,9 @@ class Consumer:
         translated = self._munger.translate(seq, ts)
         if translated is None:
             return
-        out_seq, out_ts = translated
+        extensions = _extension_block(self._descriptor_id, selection.descriptor)
         marker_bit = 0x80 if selection.marker else 0
-        header = _HEADER.pack(
-            0x90, marker_bit | self.payload_type, out_seq, out_ts, self.ssrc
-        ) + _extension_block(self._descriptor_id, selection.descriptor)
-        self._cache[out_seq & _SEQ_MASK] = (header, payload)
-        self._at_frame_boundary = marker_bit != 0
-        self.packets_sent += 1
-        self.octets_sent += len(payload)
-        if self.first_forwarded_at is None:
-            self.first_forwarded_at = time.monotonic()
-        self._send_rtp(header, payload)
+        self._send_forwarded(marker_bit, translated[0], translated[1], payload, extensions)
 
     def stop(self) -> None:
         """The route took this consumer off its stream: no padding probes until it

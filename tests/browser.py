@@ -77,6 +77,24 @@ class ConsoleErrors:
             self.errors.append(f"console.error: {message.text}")
 
 
+UI_TIMEOUT_MS = 20_000
+"""How long a demo page may take to join."""
+
+
+def open_demo_page(context: Any, url: str, init_script: str | None = None) -> Any:
+    """A new page of ``context`` at the demo page ``url`` (``init_script`` run before
+    its own), once it has joined; its uncaught errors collect in ``uncaught_errors``."""
+    page = context.new_page()
+    if init_script is not None:
+        page.add_init_script(init_script)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.uncaught_errors = errors
+    page.goto(url)
+    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
+    return page
+
+
 def page_stats(page: Any) -> Stats:
     """``window.sfu.stats()`` of a page: {"inbound": [...], "outbound": [...]}."""
     return page.evaluate("() => window.sfu.stats()")

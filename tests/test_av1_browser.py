@@ -24,6 +24,7 @@ from browser import (
     CHROMIUM_PATH,
     chromium_available,
     inbound_video_of,
+    open_demo_page,
     page_state,
     page_stats,
     watch_decoding,
@@ -42,7 +43,6 @@ AV1 = "video/AV1"
 SCALABILITY_MODE = "L1T3"
 TOP_WIDTH = 640
 TIMEOUT = 20.0
-UI_TIMEOUT_MS = 20_000
 MIN_FPS = 10.0
 """The fake camera sends 20 fps; a loaded 2-core machine decodes fewer."""
 MAX_FREEZE = 1.0
@@ -117,18 +117,6 @@ def chromium() -> Iterator[Any]:
             context.close()
 
 
-def open_page(context: Any, base: str, query: str, init_script: str | None = None) -> Any:
-    page = context.new_page()
-    if init_script is not None:
-        page.add_init_script(init_script)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.uncaught_errors = errors
-    page.goto(f"{base}/?{query}")
-    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
-    return page
-
-
 def sent_settings(page: Any, track: str) -> dict[str, Any]:
     """The track settings the page's SDK sent last for ``track``."""
     return page.evaluate("(id) => window.sfu.session._sentSettings[id] || {}", track)
@@ -146,11 +134,11 @@ def test_av1_l1t3_publisher_is_decoded_with_the_dependency_descriptor(
     chromium: Any, sfu_server: ServerUrl
 ) -> None:
     name = f"av1-{uuid.uuid4().hex[:8]}"
-    publisher = open_page(
-        chromium, sfu_server, f"room={name}&name=pub&codec=av1&simulcast=0", SCALABILITY_JS
+    publisher = open_demo_page(
+        chromium, f"{sfu_server}/?room={name}&name=pub&codec=av1&simulcast=0", SCALABILITY_JS
     )
-    viewer = open_page(chromium, sfu_server, f"room={name}&name=viewer&publish=0")
-    capped = open_page(chromium, sfu_server, f"room={name}&name=capped&publish=0")
+    viewer = open_demo_page(chromium, f"{sfu_server}/?room={name}&name=viewer&publish=0")
+    capped = open_demo_page(chromium, f"{sfu_server}/?room={name}&name=capped&publish=0")
     publisher_id = publisher.evaluate("() => window.sfu.participantId")
     start = time.monotonic()
 

@@ -23,6 +23,7 @@ from browser import (
     CHROMIUM_PATH,
     chromium_available,
     inbound_video_of,
+    open_demo_page,
     page_state,
     page_stats,
     receiving_audio,
@@ -44,7 +45,6 @@ TOP_WIDTH = 640
 LOW_WIDTH = 160
 H264 = "video/H264"
 RAMP_UP_TIMEOUT = 20.0
-UI_TIMEOUT_MS = 20_000
 MIN_FPS = 10.0
 """The fake camera sends 20 fps; a loaded 2-core machine decodes fewer."""
 MAX_FREEZE = 1.0
@@ -96,16 +96,6 @@ class Room:
     subscribers: list[Any]
 
 
-def open_page(context: Any, base: str, query: str) -> Any:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.uncaught_errors = errors
-    page.goto(f"{base}/?{query}")
-    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
-    return page
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """One Chromium process; each room's tabs are its pages."""
@@ -131,9 +121,10 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def room(chromium: Any, sfu_server: ServerUrl) -> Iterator[Room]:
     name = f"h264-{uuid.uuid4().hex[:8]}"
-    publisher = open_page(chromium, sfu_server, f"room={name}&name=safari&codec=h264")
+    publisher = open_demo_page(chromium, f"{sfu_server}/?room={name}&name=safari&codec=h264")
     subscribers = [
-        open_page(chromium, sfu_server, f"room={name}&name=viewer{i}&publish=0") for i in range(2)
+        open_demo_page(chromium, f"{sfu_server}/?room={name}&name=viewer{i}&publish=0")
+        for i in range(2)
     ]
     publisher_id = publisher.evaluate("() => window.sfu.participantId")
     yield Room(publisher, publisher_id, subscribers)
@@ -172,10 +163,10 @@ def test_firefox_subscriber_is_told_it_cannot_decode_h264(
     audio still plays, and a Chromium subscriber in the same room decodes the video."""
     name = f"h264-firefox-{uuid.uuid4().hex[:8]}"
     with firefox() as fox:
-        publisher = open_page(chromium, sfu_server, f"room={name}&name=safari&codec=h264")
+        publisher = open_demo_page(chromium, f"{sfu_server}/?room={name}&name=safari&codec=h264")
         publisher_id = publisher.evaluate("() => window.sfu.participantId")
         open_demo(fox, sfu_server, name, "fox", publish=False)
-        viewer = open_page(chromium, sfu_server, f"room={name}&name=viewer&publish=0")
+        viewer = open_demo_page(chromium, f"{sfu_server}/?room={name}&name=viewer&publish=0")
         start = time.monotonic()
         notice = poll(
             lambda: fox.evaluate(TILE_NOTICE_JS, publisher_id),

@@ -22,6 +22,7 @@ from browser import (
     CHROMIUM_PATH,
     chromium_available,
     inbound_video_of,
+    open_demo_page,
     page_state,
     page_stats,
     watch_decoding,
@@ -49,7 +50,6 @@ MAX_FREEZE = 1.0
 MIN_FPS = 10.0
 """The fake camera sends 20 fps; a loaded 2-core machine decodes fewer."""
 START_TIMEOUT = 30.0
-UI_TIMEOUT_MS = 20_000
 VIEWPORT = {"width": 1600, "height": 1200}
 COUNTERS = ("packetsLost", "nackCount", "pliCount", "freezeCount", "keyFramesDecoded")
 RETRANSMITTED_JS = """async () => {
@@ -88,16 +88,6 @@ class Room:
     link: VethNamespace
 
 
-def open_page(context: Any, url: str) -> Any:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.uncaught_errors = errors
-    page.goto(url)
-    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
-    return page
-
-
 @pytest.fixture(scope="module")
 def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
     from playwright.sync_api import sync_playwright
@@ -123,8 +113,9 @@ def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
                 **common,
             )
             try:
-                publisher = open_page(loopback, f"{sfu_server}/?room={name}&name=publisher")
-                subscriber = open_page(lossy, f"{remote_origin}/?room={name}&name=lossy&publish=0")
+                publisher = open_demo_page(loopback, f"{sfu_server}/?room={name}&name=publisher")
+                lossy_url = f"{remote_origin}/?room={name}&name=lossy&publish=0"
+                subscriber = open_demo_page(lossy, lossy_url)
                 publisher_id = publisher.evaluate("() => window.sfu.participantId")
                 yield Room(publisher, publisher_id, subscriber, link)
                 for page in (publisher, subscriber):

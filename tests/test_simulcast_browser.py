@@ -22,6 +22,7 @@ from browser import (
     CHROMIUM_PATH,
     Stats,
     chromium_available,
+    open_demo_page,
     page_state,
     page_stats,
     wait_until,
@@ -42,7 +43,6 @@ TOP_WIDTH = 640  # Chromium's fake camera at the 640x480 the page asks for
 LOW_WIDTH = 160  # rid q: scaleResolutionDownBy 4
 RAMP_UP_TIMEOUT = 20.0
 CLIMB_BACK_LIMIT = 10.0
-UI_TIMEOUT_MS = 20_000
 # Big enough that one remote tile renders wider than the top layer, so the size the
 # page reports (max_width/max_height) never caps a subscriber below 640.
 VIEWPORT = {"width": 1600, "height": 1200}
@@ -108,17 +108,6 @@ def browsers(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Browsers]:
             loopback.close()
 
 
-def open_page(context: Any, base: str, room: str, name: str, *, publish: bool) -> Any:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.uncaught_errors = errors
-    query = f"room={room}&name={name}" + ("" if publish else "&publish=0")
-    page.goto(f"{base}/?{query}")
-    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
-    return page
-
-
 @dataclass
 class Room:
     publisher: Any
@@ -134,11 +123,10 @@ class Room:
 def room(browsers: Browsers, sfu_server: ServerUrl, link: VethNamespace) -> Iterator[Room]:
     name = f"simulcast-{uuid.uuid4().hex[:8]}"
     port = sfu_server.rsplit(":", 1)[1]
-    publisher = open_page(browsers.loopback, sfu_server, name, "publisher", publish=True)
-    direct = open_page(browsers.loopback, sfu_server, name, "direct", publish=False)
-    constrained = open_page(
-        browsers.constrained, f"http://{link.host_address}:{port}", name, "shaped", publish=False
-    )
+    publisher = open_demo_page(browsers.loopback, f"{sfu_server}/?room={name}&name=publisher")
+    direct = open_demo_page(browsers.loopback, f"{sfu_server}/?room={name}&name=direct&publish=0")
+    shaped = f"http://{link.host_address}:{port}/?room={name}&name=shaped&publish=0"
+    constrained = open_demo_page(browsers.constrained, shaped)
     publisher_id = publisher.evaluate("() => window.sfu.participantId")
     yield Room(publisher, publisher_id, direct, constrained, link)
     link.unlimit_downlink()

@@ -27,6 +27,7 @@ from browser import (
     CHROMIUM_PATH,
     chromium_available,
     inbound_video_of,
+    open_demo_page,
     page_state,
     page_stats,
     wait_until,
@@ -50,7 +51,6 @@ SENT_MODES = {"L3T3_KEY", "L2T3_KEY"}
 LOW_WIDTH = 320
 VP9 = "video/VP9"
 RAMP_UP_TIMEOUT = 20.0
-UI_TIMEOUT_MS = 20_000
 MIN_FPS = 8.0
 """The fake camera sends 20 fps; a loaded 2-core machine decodes fewer."""
 MAX_FREEZE = 1.0
@@ -114,16 +114,6 @@ class Room:
     link: VethNamespace
 
 
-def open_page(context: Any, url: str) -> Any:
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.uncaught_errors = errors
-    page.goto(url)
-    page.wait_for_function("() => window.sfu.participantId !== null", timeout=UI_TIMEOUT_MS)
-    return page
-
-
 @pytest.fixture(scope="module")
 def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
     from playwright.sync_api import sync_playwright
@@ -147,12 +137,12 @@ def room(link: VethNamespace, sfu_server: ServerUrl) -> Iterator[Room]:
             **common,
         )
         try:
-            publisher = open_page(
+            publisher = open_demo_page(
                 loopback, f"{sfu_server}/?room={name}&name=svc&codec=vp9&svc=L3T3_KEY"
             )
-            direct = open_page(loopback, f"{sfu_server}/?room={name}&name=direct&publish=0")
-            capped = open_page(loopback, f"{sfu_server}/?room={name}&name=capped&publish=0")
-            constrained = open_page(
+            direct = open_demo_page(loopback, f"{sfu_server}/?room={name}&name=direct&publish=0")
+            capped = open_demo_page(loopback, f"{sfu_server}/?room={name}&name=capped&publish=0")
+            constrained = open_demo_page(
                 constrained_browser, f"{remote}/?room={name}&name=shaped&publish=0"
             )
             publisher_id = publisher.evaluate("() => window.sfu.participantId")
@@ -289,8 +279,10 @@ def test_vp9_simulcast_switches_layers_at_their_key_frames(
     detection), picture ids continued across switches: from q (where a consumer
     starts before the layers are measured, or f) up to f, then down to q."""
     name = f"vp9-simulcast-{uuid.uuid4().hex[:8]}"
-    publisher = open_page(room.loopback, f"{sfu_server}/?room={name}&name=sim&codec=vp9&svc=L1T3")
-    viewer = open_page(room.loopback, f"{sfu_server}/?room={name}&name=viewer&publish=0")
+    publisher = open_demo_page(
+        room.loopback, f"{sfu_server}/?room={name}&name=sim&codec=vp9&svc=L1T3"
+    )
+    viewer = open_demo_page(room.loopback, f"{sfu_server}/?room={name}&name=viewer&publish=0")
     try:
         publisher_id = publisher.evaluate("() => window.sfu.participantId")
         answer = publisher.evaluate("() => window.sfu.publishPc.remoteDescription.sdp")
