@@ -160,6 +160,26 @@ async def test_late_joiner_gets_a_key_frame_within_a_second(join):
     )
 
 
+async def test_a_publisher_chooses_its_video_codec(join):
+    """``publish(codec="H264")``: aiortc offers only H.264 for the camera, the server
+    forwards it as such, and a subscriber decodes it; a codec aiortc cannot send is
+    refused before anything is offered."""
+    publisher = await join("h264")
+    track_id = await publisher.publish(SyntheticVideoTrack(WIDTH, HEIGHT), "camera", codec="H264")
+    viewer = await join("viewer")
+    remote = await viewer.wait_for_track(track_id=track_id, timeout=TRACK_TIMEOUT)
+    assert remote.codec == "video/H264"
+    async with asyncio.timeout(FRAME_TIMEOUT):
+        frame = await remote.track.recv()
+    assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+    with pytest.raises(SfuError) as refused:
+        await publisher.publish(SyntheticVideoTrack(WIDTH, HEIGHT), "screen", codec="VP9")
+    assert refused.value.code == "codec_unavailable"
+    default = await join("default")
+    other = await default.publish(SyntheticVideoTrack(WIDTH, HEIGHT), "camera")
+    assert (await viewer.wait_for_track(track_id=other, timeout=TRACK_TIMEOUT)).codec == "video/VP8"
+
+
 async def test_bad_token_is_refused(sfu_server):
     with pytest.raises(SfuError) as refused:
         await connect(sfu_server, "not-a-token")

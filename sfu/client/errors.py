@@ -8,6 +8,8 @@ PROTOCOL_VIOLATION = "protocol_violation"
 """Client-side code: the server answered with something the client cannot use."""
 HTTP_ERROR = "http_error"
 """Client-side code: an HTTP request (such as :func:`dev_token`) failed."""
+CODEC_UNAVAILABLE = "codec_unavailable"
+"""Client-side code: the codec asked for is not one this client can send."""
 REQUEST_TIMEOUT = "request_timeout"
 """Client-side code: the server did not answer a request in time."""
 

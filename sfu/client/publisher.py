@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamTrack
 
-from sfu.client.errors import PROTOCOL_VIOLATION, SfuError
+from sfu.client.errors import CODEC_UNAVAILABLE, PROTOCOL_VIOLATION, SfuError
 from sfu.client.ice import add_remote_candidate
 from sfu.client.serial import SerialQueue
 from sfu.client.signaling import SignalingChannel
@@ -34,13 +41,18 @@ class Publisher:
         """Per MID: the track id the server assigned."""
         self.tracks: dict[str, MediaStreamTrack] = {}
         """Per server track id: the local track being sent."""
+        self._codecs: dict[str, str | None] = {}
+        """Per MID: the video codec the track was published in, when one was asked for."""
         self._serial = SerialQueue("sfu-client-publish")
         self._has_data = False
 
-    async def publish(self, tracks: Sequence[tuple[MediaStreamTrack, Source]]) -> list[str]:
-        """Add ``tracks`` (with their sources) and return their server track ids."""
+    async def publish(
+        self, tracks: Sequence[tuple[MediaStreamTrack, Source]], codec: str | None = None
+    ) -> list[str]:
+        """Add ``tracks`` (with their sources) and return their server track ids; video
+        goes out in ``codec`` only (``"VP8"``, ``"H264"``) when given."""
         infos = [TrackInfo(source=source) for _, source in tracks]
-        return await self._serial.run(lambda: self._negotiate(tracks, infos))
+        return await self._serial.run(lambda: self._negotiate(tracks, infos, codec))
 
     async def open_data(self, attach: Callable[[RTCPeerConnection], None]) -> None:
         """Negotiate data channels: ``attach`` creates them on the peer connection.
@@ -54,7 +66,7 @@ class Publisher:
                 self._pc = RTCPeerConnection(self._configuration)
             attach(self._pc)
             self._has_data = True
-            await self._negotiate([], [])
+            await self._negotiate([], [], None)
 
         await self._serial.run(negotiate)
 
@@ -62,10 +74,11 @@ class Publisher:
         """Send later negotiations over ``signaling`` (a resumed session's socket)."""
         self._signaling = signaling
 
-    def published(self) -> list[tuple[MediaStreamTrack, Source]]:
-        """The local tracks published so far, with their sources, in order."""
+    def published(self) -> list[tuple[MediaStreamTrack, Source, str | None]]:
+        """The local tracks published so far, with their sources and the codec asked
+        for, in order."""
         return [
-            (self.tracks[track_id], self._sources[mid].source)
+            (self.tracks[track_id], self._sources[mid].source, self._codecs.get(mid))
             for mid, track_id in self.track_ids.items()
             if mid in self._sources
         ]
@@ -84,14 +97,22 @@ class Publisher:
             await add_remote_candidate(self._pc, candidate)
 
     async def _negotiate(
-        self, tracks: Sequence[tuple[MediaStreamTrack, Source]], infos: list[TrackInfo]
+        self,
+        tracks: Sequence[tuple[MediaStreamTrack, Source]],
+        infos: list[TrackInfo],
+        codec: str | None,
     ) -> list[str]:
+        preferences = None if codec is None else _video_codec_preferences(codec)
         if self._pc is None:
             self._pc = RTCPeerConnection(self._configuration)
         pc = self._pc
         added: list[RTCRtpTransceiver] = [
             pc.addTransceiver(track, direction="sendonly") for track, _ in tracks
         ]
+        if preferences is not None:
+            for transceiver in added:
+                if transceiver.kind == "video":
+                    transceiver.setCodecPreferences(preferences)
         try:
             await pc.setLocalDescription(await pc.createOffer())
             for transceiver, info in zip(added, infos, strict=True):
@@ -112,6 +133,7 @@ class Publisher:
                 raise SfuError(PROTOCOL_VIOLATION, f"publish_answer has no track id for mid {mid}")
             self.track_ids[mid] = track_id
             self.tracks[track_id] = track
+            self._codecs[mid] = codec if track.kind == "video" else None
             track_ids.append(track_id)
         return track_ids
 
@@ -127,6 +149,17 @@ class Publisher:
             return
         for transceiver in added:
             await transceiver.stop()
+
+
+def _video_codec_preferences(codec: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for sending video in ``codec`` only (with its rtx)."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    wanted = [c for c in capabilities if c.mimeType.lower() == f"video/{codec.lower()}"]
+    if not wanted:
+        names = sorted({c.mimeType.split("/")[1] for c in capabilities} - {"rtx"})
+        message = f"cannot send video in {codec!r}; this client sends {names}"
+        raise SfuError(CODEC_UNAVAILABLE, message)
+    return wanted + [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
 
 
 def _mid(transceiver: RTCRtpTransceiver) -> str:

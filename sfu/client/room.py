@@ -105,7 +105,7 @@ class RoomClient:
         self._reconnecting: asyncio.Future[None] | None = None
         self._replacing_session = False
         """A rejoin is closing a session of its own: that close is not a drop."""
-        self._rejoin_tracks: list[tuple[MediaStreamTrack, Source]] = []
+        self._rejoin_tracks: list[tuple[MediaStreamTrack, Source, str | None]] = []
         self._target: tuple[str, str, str | None, bool] = ("", "", None, True)
         self.reconnects = 0
         """Sessions resumed or rejoined after a dropped socket or a lost media worker."""
@@ -205,18 +205,25 @@ class RoomClient:
 
     # --- requests ---------------------------------------------------------------------
 
-    async def publish(self, track: MediaStreamTrack, source: Source = "camera") -> str:
-        """Publish ``track`` and return the track id the server assigned.
+    async def publish(
+        self, track: MediaStreamTrack, source: Source = "camera", *, codec: str | None = None
+    ) -> str:
+        """Publish ``track`` and return the track id the server assigned; a video track
+        goes out in ``codec`` only when given (``"VP8"`` or ``"H264"``: what aiortc
+        encodes; it has no VP9, AV1 or scalability modes).
 
-        Raises :class:`SfuError` (``not_allowed`` without the publish grant, …).
+        Raises :class:`SfuError` (``not_allowed`` without the publish grant,
+        ``codec_unavailable``, …).
         """
-        (track_id,) = await self.publish_tracks([(track, source)])
+        (track_id,) = await self.publish_tracks([(track, source)], codec=codec)
         return track_id
 
-    async def publish_tracks(self, tracks: Sequence[tuple[MediaStreamTrack, Source]]) -> list[str]:
+    async def publish_tracks(
+        self, tracks: Sequence[tuple[MediaStreamTrack, Source]], *, codec: str | None = None
+    ) -> list[str]:
         """Publish several tracks in one negotiation; returns their track ids in order."""
         self._raise_if_closed()
-        return await _require(self._publisher).publish(tracks)
+        return await _require(self._publisher).publish(tracks, codec)
 
     async def mute(self, track_id: str, muted: bool = True) -> None:
         """Mark one of this client's published tracks (un)muted for the others.
@@ -516,8 +523,9 @@ class RoomClient:
         # The node evicted the dead worker before telling us, so the room is placed
         # on a live one; if this join fails anyway, the client closes.
         await self._join(url, token, name, data, close_on_failure=False)
-        if tracks:
-            await self.publish_tracks(tracks)
+        for codec in dict.fromkeys(codec for _, _, codec in tracks):
+            same = [(track, source) for track, source, asked in tracks if asked == codec]
+            await self.publish_tracks(same, codec=codec)
 
     def _raise_if_closed(self) -> None:
         if self._closed or (

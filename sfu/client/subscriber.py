@@ -23,6 +23,7 @@ from sfu.protocol import (
     SubscribeOfferMessage,
     SubscribeTrack,
 )
+from sfu.sdp import SessionDescription
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,12 @@ class Subscriber:
             SubscribeAnswerMessage(sdp=pc.localDescription.sdp, revision=offer.revision)
         )
         answered_at = time.monotonic()
+        codecs = _offered_codecs(offer.sdp)
         for mid, carried in offer.tracks.items():
             if mid not in self._bindings and carried.track_id not in self._unpublished:
-                self._bind(mid, carried, answered_at)
+                self._bind(mid, carried, answered_at, codecs.get(mid, ""))
 
-    def _bind(self, mid: str, carried: SubscribeTrack, answered_at: float) -> None:
+    def _bind(self, mid: str, carried: SubscribeTrack, answered_at: float, codec: str) -> None:
         transceiver = next((t for t in self._pc.getTransceivers() if t.mid == mid), None)
         if transceiver is None or transceiver.receiver.track is None:
             logger.warning("subscribe offer names mid %s, which receives nothing", mid)
@@ -112,6 +114,7 @@ class Subscriber:
             track=RemoteMediaTrack(carried.kind),
             mid=mid,
             subscribed_at=answered_at,
+            codec=codec,
         )
         self._bindings[mid] = remote
         if mid not in self._pumps:
@@ -136,3 +139,14 @@ class Subscriber:
                     remote.track.deliver(frame)
         except MediaStreamError:
             self._unbind(mid)
+
+
+def _offered_codecs(sdp: str) -> dict[str, str]:
+    """Per MID of a subscribe offer: the MIME type of the codec the track is sent in
+    (the server offers a track in exactly its publisher's codec)."""
+    offered = {}
+    for media in SessionDescription.parse(sdp).media:
+        primary = next((c for c in media.codecs if not c.is_rtx), None)
+        if media.mid is not None and primary is not None:
+            offered[media.mid] = primary.mime_type
+    return offered

@@ -74,6 +74,8 @@ class RemoteTrack:
     """The m-line of the subscribe transport carrying it."""
     subscribed_at: float
     """``time.monotonic()`` when the subscribe answer that added it was sent."""
+    codec: str = ""
+    """The MIME type it arrives in (``video/VP8``, ``video/H264``, ``audio/opus``, …)."""
 
     @property
     def ended(self) -> bool:
