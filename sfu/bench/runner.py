@@ -810,7 +810,7 @@ def _parser() -> argparse.ArgumentParser:
         "--bitrate",
         type=int,
         default=3000,
-        help="video bitrate in kbit/s without --simulcast (default 3000)",
+        help="VP8 bitrate in kbit/s without --simulcast or --vp9-svc (default 3000)",
     )
     parser.add_argument(
         "--simulcast",
