@@ -339,6 +339,7 @@ def test_json_output(capsys, monkeypatch):
         server_cpu_percent=None,
         server_wakeups_per_second=None,
         server_cpu_us_per_packet=None,
+        server_cpu_us_per_received_packet=None,
         server_system_us_per_packet=None,
         server_runqueue_wait_percent=None,
         delivered_percent=None,

@@ -362,7 +362,7 @@ class BenchPublisher(_Participant):
         for track in self.m_lines:
             kind = "audio" if track is self.audio else "video"
             if kind == "video":
-                codecs = [self.video_codec]
+                codecs = [_video_codec(self.video_codec.name)]  # a fresh copy per offer
             else:
                 codecs = [
                     c for c in default_outgoing_codecs(kind) if c.payload_type == track.payload_type
