@@ -124,10 +124,6 @@ class Vp9Capture:
 
     path: str
 
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
 
 VideoSource = ClipParameters | Vp9Capture
 """What a publisher's video is made from: a clip to encode, or a capture to replay."""
