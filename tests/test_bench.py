@@ -11,9 +11,12 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from sfu.bench import runner
 from sfu.bench.loadgen import SubscriberCounters
 from sfu.bench.media import (
+    VP9_SVC_CAPTURE,
     Clip,
     ClipPacket,
     Replay,
+    Vp9Capture,
+    load_vp9_capture,
     read_packets,
     synthetic_audio,
     write_packets,
@@ -21,6 +24,7 @@ from sfu.bench.media import (
 from sfu.bench.participants import BenchPublisher, create_recvonly_answer
 from sfu.bench.syscall_count import SyscallCountError, SyscallCounts, read_counts
 from sfu.rtp.extensions import TRANSPORT_WIDE_CC
+from sfu.rtp.vp9 import Vp9Descriptor
 from sfu.sdp import (
     HeaderExtension,
     LocalTransport,
@@ -69,6 +73,41 @@ def test_synthetic_audio_rate():
     audio = synthetic_audio()
     assert audio.packets_per_second == pytest.approx(50)
     assert 90 <= audio.bits_per_second / 8 / 50 <= 110
+
+
+def test_the_vp9_svc_capture_loops_whole_pictures_key_picture_first(tmp_path):
+    clip = load_vp9_capture(Vp9Capture(str(VP9_SVC_CAPTURE)))
+    rows = [json.loads(line) for line in VP9_SVC_CAPTURE.read_text().splitlines()]
+    assert (clip.codec, clip.spatial_layers, clip.packet_count) == ("VP9", 2, len(rows))
+    assert len(clip.frames) == len({row["ts"] for row in rows}) == 99
+    assert clip.frames[0].key_frame
+    assert [len(p) for f in clip.frames for p in f.payloads] == [row["size"] for row in rows]
+    descriptors = [Vp9Descriptor.parse(p) for f in clip.frames for p in f.payloads]
+    assert {d.sid for d in descriptors} == {0, 1} and {d.tid for d in descriptors} == {0, 1, 2}
+    # The loop's seam: the first picture follows the last one by the mean interval.
+    span = (rows[-1]["ts"] - rows[0]["ts"]) / 90000
+    assert clip.duration == pytest.approx(span * 99 / 98, abs=1e-4)
+    assert 4.5 < clip.duration < 5.5 and 55 < clip.packets_per_second < 70
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text("\n".join(json.dumps(row) for row in rows[:5] + rows[6:]))
+    with pytest.raises(ValueError, match="sequence gap"):
+        load_vp9_capture(Vp9Capture(str(gap)))
+    deltas = tmp_path / "deltas.jsonl"
+    deltas.write_text("\n".join(json.dumps(row) for row in rows[3:40]))
+    assert load_vp9_capture(Vp9Capture(str(deltas))).frames[0].key_frame  # skipped to one
+    deltas.write_text("\n".join(json.dumps(row) for row in rows[40:60]))
+    with pytest.raises(ValueError, match="no key picture"):
+        load_vp9_capture(Vp9Capture(str(deltas)))
+
+
+def test_a_vp9_publisher_offers_vp9_alone_and_the_server_takes_it():
+    clip = load_vp9_capture(Vp9Capture(str(VP9_SVC_CAPTURE)))
+    publisher = BenchPublisher("ws://unused", "token", RTCCertificate.generateCertificate(), [clip])
+    offer = SessionDescription.parse(str(publisher._offer(_local("bench"))))
+    assert [c.name for c in offer.media[0].codecs] == ["VP9"]
+    _, published = create_publish_answer(offer, _local("server"))
+    assert published[0].codecs[0].name == "VP9"
+    assert published[0].codecs[0].payload_type == publisher.video[0].payload_type
 
 
 def _local(ufrag: str) -> LocalTransport:
@@ -174,20 +213,22 @@ def test_short_run_against_a_spawned_server(capsys):
         "sockets",
         "syscalls/packet",
         "µs/packet",
+        "µs/packet",
+        "in",
         "loss",
         "%",
     ]
     (publishers, subscribers, mode, pps_in, pps_out, cpu, wakeups, sockets, syscalls) = row.split()[
         :9
     ]
-    us_per_packet, loss = row.split()[9:]
+    us_per_packet, us_per_packet_in, loss = row.split()[9:]
     assert (sockets, syscalls) == ("1", "n/a")  # one UDP port; syscalls not counted
     assert float(cpu) > 0
     assert float(wakeups) > 20  # at least one per video frame, 30 per second
     assert (publishers, subscribers, mode) == ("1", "2", "plain")
     assert float(pps_in) > 100
     assert float(pps_out) > 0
-    assert float(us_per_packet) > 0
+    assert float(us_per_packet_in) > float(us_per_packet) > 0  # 2 out for every packet in
     assert float(loss) < 5
     assert command == "command: python -m sfu.bench --scenario 1x2 --duration 3 --warmup 1"
 
@@ -213,6 +254,23 @@ def test_short_simulcast_run_spreads_subscribers_over_the_layers(capsys):
     assert mix[0]["megabits_per_second"] < mix[2]["megabits_per_second"] / 2
     assert result["packets_in_per_second"] > 200  # the three layers together
     assert result["loss_percent"] < 5
+
+
+def test_short_vp9_svc_run_forwards_each_subscriber_its_spatial_layer(capsys):
+    """One VP9 SVC stream: the subscriber capped at spatial layer 0 gets only its
+    packets (about a third), the one at layer 1 all of them; no sequence gaps."""
+    output = short_json_run(capsys, "--vp9-svc", "--scenario", "1x2")
+    (clip,) = output["clips"]
+    assert (clip["codec"], clip["spatial_layers"]) == ("VP9", 2)
+    (result,) = output["results"]
+    assert result["mode"] == "vp9-svc"
+    low, high = result["layer_mix"]
+    assert (low["max_spatial_layer"], high["max_spatial_layer"]) == (0, 1)
+    assert high["packets_per_second"] == pytest.approx(result["packets_in_per_second"], rel=0.1)
+    assert 5 < low["packets_per_second"] < 0.6 * high["packets_per_second"]
+    assert low["megabits_per_second"] < 0.5 * high["megabits_per_second"]
+    assert result["loss_percent"] == 0
+    assert result["server_cpu_us_per_received_packet"] > result["server_cpu_us_per_packet"]
 
 
 def test_short_run_with_transport_cc_feedback(capsys):
@@ -281,6 +339,7 @@ def test_json_output(capsys, monkeypatch):
         server_cpu_percent=None,
         server_wakeups_per_second=None,
         server_cpu_us_per_packet=None,
+        server_cpu_us_per_received_packet=None,
         server_system_us_per_packet=None,
         server_runqueue_wait_percent=None,
         delivered_percent=None,

@@ -20,7 +20,7 @@ import uvloop
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from sfu.aiortc_adapter import use_host_addresses
-from sfu.bench.media import ClipParameters, load_clip, synthetic_audio
+from sfu.bench.media import VideoSource, load_video, synthetic_audio
 from sfu.bench.participants import BenchPublisher, BenchSubscriber, BenchViewer
 
 CLOSE_TIMEOUT = 5.0
@@ -33,7 +33,8 @@ class ParticipantSpec:
     """A viewer receives one publisher's tracks over WHEP, on a transport of its own."""
     token: str
     max_spatial_layer: int | None = None
-    """A subscriber's cap on the simulcast layer of every video track it receives."""
+    """A subscriber's cap on the spatial (simulcast or SVC) layer of every video track
+    it receives."""
     publisher: str | None = None
     """The identity of the publisher a viewer receives."""
 
@@ -44,7 +45,7 @@ class LoadSpec:
 
     ws_url: str
     participants: list[ParticipantSpec]
-    clips: tuple[ClipParameters, ...]
+    clips: tuple[VideoSource, ...]
     """The video clip of every publisher, or one per simulcast layer (lowest first)."""
     audio: bool
     ice_address: str
@@ -117,7 +118,7 @@ class _LoadGenerator:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         certificate = RTCCertificate.generateCertificate()
-        video = [load_clip(params) for params in self.spec.clips]
+        video = [load_video(source) for source in self.spec.clips]
         audio = synthetic_audio() if self.spec.audio else None
         for participant in self.spec.participants:
             if participant.role == "publisher":

@@ -9,6 +9,11 @@ real-time settings and a higher target. The result is a list of
 file named after the encoding parameters. A simulcast publisher replays the three
 :data:`SIMULCAST_CLIPS`, encoded and cached the same way.
 
+libvpx through PyAV encodes no VP9 SVC (no spatial layers in one stream), so the VP9
+SVC clip is a capture of Chromium's own packets instead (:class:`Vp9Capture`,
+:data:`VP9_SVC_CAPTURE`): each packet's first 32 bytes (the RFC 9628 payload descriptor
+and the start of the frame) padded to its captured size, which is all the SFU reads.
+
 :class:`Replay` loops a clip (or the synthetic Opus-like audio of
 :func:`synthetic_audio`) frame by frame; the publisher assigns continuous sequence
 numbers and timestamps and paces the frames in real time.
@@ -17,6 +22,8 @@ numbers and timestamps and paces the frames in real time.
 from __future__ import annotations
 
 import fractions
+import itertools
+import json
 import os
 import random
 import struct
@@ -27,6 +34,8 @@ from typing import NamedTuple
 
 import av
 from aiortc.codecs.vpx import Vp8Encoder
+
+from sfu.rtp.vp9 import is_vp9_keyframe, vp9_spatial_sizes
 
 CACHE_DIR = Path.home() / ".cache" / "pysfu-bench"
 FORMAT_VERSION = 1
@@ -50,6 +59,13 @@ _FRESH_NOISE_SHARE = 10
 """The band of fresh noise covers the top 1/10 of the rows (48 at 480), so smaller
 layers need proportionally fewer bits."""
 _SEED = 20240601
+VP9_SVC_CAPTURE = (
+    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "vp9" / "chromium-l3t3-key.jsonl"
+)
+"""Chromium 156 publishing VP9 with ``scalabilityMode`` ``L3T3_KEY`` from a 640x480
+camera, which it sends as two spatial layers (320x240, 640x480) and three temporal
+layers in flexible mode: 300 packets, 99 pictures, 4.9 s of video, key picture first.
+It lives with the tests that check the SFU against it (run the benchmark from a clone)."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +118,36 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class Vp9Capture:
+    """Captured VP9 RTP packets to replay (a JSON object a line: ``seq``, ``ts``,
+    ``marker``, ``size``, and ``head``, the payload's first bytes in hex)."""
+
+    path: str
+
+
+VideoSource = ClipParameters | Vp9Capture
+"""What a publisher's video is made from: a clip to encode, or a capture to replay."""
+
+
+@dataclass(frozen=True)
 class Clip:
     """A replayable media loop."""
 
     frames: tuple[Frame, ...]
     clock_rate: int
+    codec: str = "VP8"
+    """The RTP codec name of the payloads."""
+    spatial_layers: int = 1
+    """Spatial layers in the one stream (VP9 SVC); 1 otherwise."""
 
     @classmethod
-    def from_packets(cls, packets: list[ClipPacket], clock_rate: int) -> Clip:
+    def from_packets(
+        cls,
+        packets: list[ClipPacket],
+        clock_rate: int,
+        codec: str = "VP8",
+        spatial_layers: int = 1,
+    ) -> Clip:
         frames: list[Frame] = []
         payloads: list[bytes] = []
         delta = 0
@@ -124,7 +162,7 @@ class Clip:
                 payloads = []
         if payloads:
             frames.append(Frame(delta, tuple(payloads), key_frame))
-        return cls(tuple(frames), clock_rate)
+        return cls(tuple(frames), clock_rate, codec, spatial_layers)
 
     @property
     def duration(self) -> float:
@@ -180,6 +218,53 @@ def load_clip(params: ClipParameters, cache_dir: Path = CACHE_DIR) -> Clip:
 
 def is_cached(params: ClipParameters, cache_dir: Path = CACHE_DIR) -> bool:
     return (cache_dir / params.cache_name).is_file()
+
+
+def load_video(source: VideoSource) -> Clip:
+    """The clip of ``source``: encoded (or cached) VP8, or a replayed VP9 capture."""
+    if isinstance(source, Vp9Capture):
+        return load_vp9_capture(source)
+    return load_clip(source)
+
+
+def load_vp9_capture(capture: Vp9Capture) -> Clip:
+    """The captured pictures as a loop, from the first key picture on; ValueError if
+    the file is not a capture of packets in sequence.
+
+    A picture is the packets sharing a timestamp; its delta is the captured one, and
+    the first picture's the capture's mean picture interval, so the loop is seamless.
+    Each payload is the captured head padded with zeros to the captured size. The
+    sender sets the marker on each picture's last packet (Chromium left it off two of
+    the 99 pictures of :data:`VP9_SVC_CAPTURE`, single packets of the low layer).
+    """
+    rows: list[tuple[int, int, bytes]] = []
+    for number, line in enumerate(Path(capture.path).read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            head = bytes.fromhex(row["head"])
+            rows.append((int(row["seq"]), int(row["ts"]), head.ljust(int(row["size"]), b"\0")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{capture.path}:{number}: not a captured packet: {exc}") from exc
+    start = next((i for i, row in enumerate(rows) if is_vp9_keyframe(row[2])), None)
+    if start is None:
+        raise ValueError(f"{capture.path} has no key picture")
+    rows = rows[start:]
+    if any((b[0] - a[0]) & 0xFFFF != 1 for a, b in itertools.pairwise(rows)):
+        raise ValueError(f"{capture.path} has a sequence gap")
+    pictures = [
+        (ts, tuple(payload for _, _, payload in group))
+        for ts, group in itertools.groupby(rows, key=lambda row: row[1])
+    ]
+    span = (pictures[-1][0] - pictures[0][0]) & 0xFFFFFFFF
+    if len(pictures) < 2 or span == 0:
+        raise ValueError(f"{capture.path} holds less than two pictures")
+    previous = pictures[0][0] - round(span / (len(pictures) - 1))
+    frames = []
+    for ts, payloads in pictures:
+        frames.append(Frame((ts - previous) & 0xFFFFFFFF, payloads, is_vp9_keyframe(payloads[0])))
+        previous = ts
+    layers = len(vp9_spatial_sizes(pictures[0][1][0])) or 1
+    return Clip(tuple(frames), VIDEO_CLOCK_RATE, "VP9", layers)
 
 
 def _texture() -> bytes:
@@ -323,4 +408,4 @@ def synthetic_audio(seconds: int = 1) -> Clip:
         Frame(interval, (rng.randbytes(AUDIO_PAYLOAD_SIZE + rng.randint(-10, 10)),), False)
         for _ in range(seconds * AUDIO_PACKETS_PER_SECOND)
     )
-    return Clip(frames, AUDIO_CLOCK_RATE)
+    return Clip(frames, AUDIO_CLOCK_RATE, "opus")

@@ -4,12 +4,13 @@ aiortc's ``RTCPeerConnection`` would depacketize and decode every frame, spendin
 CPU the benchmark measures on the same machine. These participants only speak the
 signaling protocol, negotiate with hand-built SDP, and send or count SRTP packets.
 
-- :class:`BenchPublisher` offers one VP8 video m-line (and optionally one Opus audio
-  m-line) as sendonly with the ``sdes:mid`` header extension, replays the pre-encoded
-  clip in real time, sends sender reports and answers a PLI by skipping to the clip's
-  next key frame. Given three clips it publishes them as simulcast layers the way
-  Chrome does: RIDs ``q``/``h``/``f`` in ``a=rid`` and ``a=simulcast`` instead of
-  ``a=ssrc`` lines, and MID and RID header extensions in every packet.
+- :class:`BenchPublisher` offers one VP8 (or, for a VP9 clip, VP9 only) video m-line
+  (and optionally one Opus audio m-line) as sendonly with the ``sdes:mid`` header
+  extension, replays the pre-encoded or captured clip in real time, sends sender
+  reports and answers a PLI by skipping to the clip's next key frame. Given three clips
+  it publishes them as simulcast layers the way Chrome does: RIDs ``q``/``h``/``f`` in
+  ``a=rid`` and ``a=simulcast`` instead of ``a=ssrc`` lines, and MID and RID header
+  extensions in every packet.
 - :class:`BenchSubscriber` answers every subscribe offer with a recvonly answer built
   from the offer, counts packets, bytes and sequence gaps per SSRC and sends receiver
   reports; given a maximum spatial layer it asks the SFU for at most that layer of
@@ -62,6 +63,7 @@ from sfu.rtp.extensions import (
 from sfu.rtp.packet import read_payload_and_extensions
 from sfu.rtp.receive_statistics import ReceiveStatistics
 from sfu.sdp import (
+    Codec,
     HeaderExtension,
     LocalTransport,
     MediaSection,
@@ -73,6 +75,7 @@ from sfu.sdp import (
     create_subscribe_offer,
     default_outgoing_codecs,
 )
+from sfu.sdp.negotiation import vp9_outgoing_codecs
 from sfu.transport import parse_candidate
 
 logger = logging.getLogger(__name__)
@@ -308,7 +311,8 @@ class BenchPublisher(_Participant):
     """Publishes the pre-encoded VP8 clip (and optionally synthetic audio).
 
     ``video`` holds one clip, or one per simulcast layer (lowest first, at most three),
-    all sent on one m-line.
+    all sent on one m-line. A VP9 clip (a captured SVC stream) is offered as VP9 alone,
+    which the SFU accepts as a publisher's first choice.
     """
 
     def __init__(
@@ -323,8 +327,9 @@ class BenchPublisher(_Participant):
         if not 1 <= len(video) <= len(SIMULCAST_RIDS):
             raise ValueError(f"expected 1..{len(SIMULCAST_RIDS)} video clips, got {len(video)}")
         rids = SIMULCAST_RIDS[: len(video)] if len(video) > 1 else (None,)
+        self.video_codec = _video_codec(video[0].codec)
         self.video = [
-            _TrackSender(clip, payload_type=96, mid="0", rid=rid)
+            _TrackSender(clip, payload_type=self.video_codec.payload_type, mid="0", rid=rid)
             for clip, rid in zip(video, rids, strict=True)
         ]
         """The video layers, lowest first (one without simulcast)."""
@@ -356,9 +361,12 @@ class BenchPublisher(_Participant):
         cname = secrets.token_hex(8)
         for track in self.m_lines:
             kind = "audio" if track is self.audio else "video"
-            codecs = [
-                c for c in default_outgoing_codecs(kind) if c.payload_type == track.payload_type
-            ]
+            if kind == "video":
+                codecs = [_video_codec(self.video_codec.name)]  # a fresh copy per offer
+            else:
+                codecs = [
+                    c for c in default_outgoing_codecs(kind) if c.payload_type == track.payload_type
+                ]
             extensions = [HeaderExtension(MID_EXTENSION_ID, SDES_MID)]
             if track.rid is not None:
                 extensions.append(HeaderExtension(RID_EXTENSION_ID, SDES_RTP_STREAM_ID))
@@ -405,6 +413,8 @@ class BenchPublisher(_Participant):
             section = answer.media_by_mid(track.mid)
             if section is None or section.rejected:
                 raise BenchError(f"the SFU rejected the {track.mid!r} m-line")
+            if track.payload_type not in {c.payload_type for c in section.codecs}:
+                raise BenchError(f"the SFU did not accept payload type {track.payload_type}")
             ids = section.header_extension_ids()
             if track.rid is not None and SDES_RTP_STREAM_ID not in ids:
                 raise BenchError("the SFU did not accept the RID header extension")
@@ -440,6 +450,14 @@ class BenchPublisher(_Participant):
             for layer in self.video:
                 if layer.ssrc in ssrcs:
                     layer.replay.skip_to_key_frame()
+
+
+def _video_codec(name: str) -> Codec:
+    """The codec (the SFU's payload type for it) a publisher offers for ``name``."""
+    for codec in [*default_outgoing_codecs("video"), *vp9_outgoing_codecs()]:
+        if codec.name.upper() == name.upper():
+            return codec
+    raise ValueError(f"the benchmark publishes no {name} video")
 
 
 def create_recvonly_answer(

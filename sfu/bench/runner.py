@@ -7,11 +7,15 @@ on every track, lets it settle, then measures over ``--duration`` seconds:
 - mode: ``plain`` (one VP8 stream per publisher), with ``--simulcast``
   ``simulcast``: every publisher sends three layers (160x120, 320x240, 640x480) and
   subscriber *i* caps every video track at layer ``i % 3``, so the subscribers are
-  spread over all three layers (the JSON output has their "layer mix"); or, with
-  ``--pc-per-stream``, ``pc-per-stream``: plain VP8, but each subscriber receives each
-  publisher on a PeerConnection (transport) of its own, a WHEP viewer pinned to that
-  publisher (the way Janus's video room is loaded: a subscriber handle per feed), so
-  ``PxS`` makes P*S subscribe transports instead of S;
+  spread over all three layers (the JSON output has their "layer mix"); with
+  ``--vp9-svc`` ``vp9-svc``: every publisher sends one VP9 SVC stream, Chromium's own
+  ``L3T3_KEY`` packets at 640x480 (two spatial layers, three temporal ones) replayed
+  from a capture, and subscriber *i* caps it at spatial layer ``i % 2``, which the SFU
+  selects per subscriber from the one stream; or, with ``--pc-per-stream``,
+  ``pc-per-stream``: plain VP8, but each subscriber receives each publisher on a
+  PeerConnection (transport) of its own, a WHEP viewer pinned to that publisher (the
+  way Janus's video room is loaded: a subscriber handle per feed), so ``PxS`` makes
+  P*S subscribe transports instead of S;
 - sockets: the UDP sockets the server holds at the end (one in the default single-port
   mode; one per transport with ``--socket-per-transport``, which starts the server
   with ``SFU_UDP_PORT_MIN``/``SFU_UDP_PORT_MAX``);
@@ -25,6 +29,9 @@ on every track, lets it settle, then measures over ``--duration`` seconds:
   ``/proc/<pid>/status``. On a virtual machine each costs far more CPU than the work
   it wakes up for, so this column explains much of the next one;
 - µs/packet: server CPU time divided by the packets forwarded (received by subscribers);
+- µs/packet in: server CPU time divided by the packets the publishers sent (what the
+  server received); with layers spread over the subscribers the two differ by more
+  than the subscriber count;
 - syscalls/packet (with ``--count-syscalls``): every system call the server's process
   and its threads entered, over the packets forwarded; the server then runs under
   ``perf stat`` (:mod:`sfu.bench.syscall_count` says why not ``/proc/<pid>/io``) and the
@@ -72,7 +79,16 @@ from sfu.bench.loadgen import (
     SubscriberCounters,
     run_load_generator,
 )
-from sfu.bench.media import SIMULCAST_CLIPS, Clip, ClipParameters, is_cached, load_clip
+from sfu.bench.media import (
+    SIMULCAST_CLIPS,
+    VP9_SVC_CAPTURE,
+    Clip,
+    ClipParameters,
+    VideoSource,
+    Vp9Capture,
+    is_cached,
+    load_video,
+)
 from sfu.bench.syscall_count import SyscallCountError, SyscallCounts, perf_command, read_counts
 from sfu.config import Settings
 
@@ -121,7 +137,8 @@ class Scenario:
 
 @dataclass
 class LayerMix:
-    """The subscribers capped at one simulcast layer, and what each received on average."""
+    """The subscribers capped at one spatial layer (simulcast or SVC), and what each
+    received on average."""
 
     max_spatial_layer: int
     subscribers: int
@@ -138,7 +155,7 @@ class ScenarioResult:
     publishers: int
     subscribers: int
     mode: str
-    """``plain``, ``simulcast`` or ``pc-per-stream``."""
+    """``plain``, ``simulcast``, ``vp9-svc`` or ``pc-per-stream``."""
     duration: float
     packets_in_per_second: float
     packets_out_per_second: float
@@ -151,6 +168,8 @@ class ScenarioResult:
     server's process is unknown."""
     server_cpu_us_per_packet: float | None
     """Server CPU time per forwarded (received by a subscriber) packet."""
+    server_cpu_us_per_received_packet: float | None
+    """Server CPU time per packet the publishers sent (the server received)."""
     server_system_us_per_packet: float | None
     """The kernel's share of ``server_cpu_us_per_packet`` (mostly UDP sends; on
     loopback it includes delivering each datagram to the receiving socket)."""
@@ -160,7 +179,7 @@ class ScenarioResult:
     socket buffers and the rates are less trustworthy than the CPU per packet."""
     delivered_percent: float | None
     """Packets out over packets in times subscribers (``plain``, ``pc-per-stream``;
-    None for ``simulcast``): below 100 some subscriptions stalled or were paused (by
+    None for ``simulcast`` and ``vp9-svc``): below 100 some subscriptions stalled or were paused (by
     the allocator, with transport-cc), above 100 a backlog from before the window was
     drained in it."""
     server_udp_sockets: int | None
@@ -175,7 +194,7 @@ class ScenarioResult:
     key_frame_requests: int
     """PLIs/FIRs the publishers received during the measurement."""
     layer_mix: list[LayerMix]
-    """By simulcast layer cap, lowest first; empty in plain mode."""
+    """By spatial layer cap, lowest first; empty in plain mode."""
 
 
 class CpuTimes(NamedTuple):
@@ -450,9 +469,12 @@ class Options:
     warmup: float
     processes: int
     audio: bool
-    clips: tuple[ClipParameters, ...]
+    clips: tuple[VideoSource, ...]
     """The publishers' video clip, or one per simulcast layer (lowest first)."""
     ice_address: str
+    spatial_layers: int = 1
+    """The layers subscriber *i* is spread over (capped at ``i % spatial_layers``):
+    the simulcast layers, or the spatial layers of the VP9 SVC stream."""
     transport_cc: bool = False
     """Subscribers take the transport-wide sequence number and send transport-cc
     feedback, as browsers do (the server then runs its send-side estimator)."""
@@ -461,6 +483,8 @@ class Options:
 
     @property
     def mode(self) -> str:
+        if isinstance(self.clips[0], Vp9Capture):
+            return "vp9-svc"
         if len(self.clips) > 1:
             return "simulcast"
         return "pc-per-stream" if self.pc_per_stream else "plain"
@@ -487,7 +511,7 @@ def _load_specs(
             can_subscribe=not publisher,
         )
 
-    layers = len(options.clips)
+    layers = options.spatial_layers
     participants = [
         ParticipantSpec("publisher", token(f"pub-{i}", True)) for i in range(scenario.publishers)
     ]
@@ -643,7 +667,7 @@ def run_scenario(
         waited = end.server_cpu.runqueue_wait - start.server_cpu.runqueue_wait
     packets_in = end.stats.packets_sent - start.stats.packets_sent
     delivered = None
-    if options.mode != "simulcast" and packets_in:
+    if options.mode in ("plain", "pc-per-stream") and packets_in:
         delivered = 100 * packets_out / (packets_in * scenario.subscribers)
     per_packet = 1e6 / packets_out if packets_out else None
     syscalls_per_packet = None
@@ -673,6 +697,9 @@ def run_scenario(
         server_cpu_percent=None if cpu is None else 100 * cpu / elapsed,
         server_wakeups_per_second=None if wakeups is None else wakeups / elapsed,
         server_cpu_us_per_packet=None if cpu is None or per_packet is None else cpu * per_packet,
+        server_cpu_us_per_received_packet=(
+            None if cpu is None or not packets_in else cpu * 1e6 / packets_in
+        ),
         server_system_us_per_packet=(
             None if system is None or per_packet is None else system * per_packet
         ),
@@ -705,6 +732,7 @@ _COLUMNS = (
     ("sockets", "{:d}"),
     ("syscalls/packet", "{:.3f}"),
     ("µs/packet", "{:.2f}"),
+    ("µs/packet in", "{:.2f}"),
     ("loss %", "{:.2f}"),
 )
 
@@ -724,6 +752,7 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
             r.server_udp_sockets,
             r.server_syscalls_per_packet,
             r.server_cpu_us_per_packet,
+            r.server_cpu_us_per_received_packet,
             r.loss_percent,
         )
         rows.append(
@@ -781,13 +810,20 @@ def _parser() -> argparse.ArgumentParser:
         "--bitrate",
         type=int,
         default=3000,
-        help="video bitrate in kbit/s without --simulcast (default 3000)",
+        help="VP8 bitrate in kbit/s without --simulcast or --vp9-svc (default 3000)",
     )
     parser.add_argument(
         "--simulcast",
         action="store_true",
         help="publishers send three layers (~150 kbit/s, ~500 kbit/s, ~1.7 Mbit/s);"
         " subscriber i receives at most layer i %% 3",
+    )
+    parser.add_argument(
+        "--vp9-svc",
+        action="store_true",
+        help="publishers send one VP9 SVC stream (Chromium's captured L3T3_KEY packets:"
+        " 320x240 and 640x480, three temporal layers, ~370 kbit/s, a 4.9 s loop);"
+        " subscriber i receives at most spatial layer i %% 2",
     )
     parser.add_argument(
         "--ice-address",
@@ -820,11 +856,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _clip(params: ClipParameters, err: TextIO) -> Clip:
-    if not is_cached(params):
-        err.write(f"encoding the {params.width}x{params.height} VP8 clip once (then cached)…\n")
+def _clip(source: VideoSource, err: TextIO) -> Clip:
+    if isinstance(source, ClipParameters) and not is_cached(source):
+        err.write(f"encoding the {source.width}x{source.height} VP8 clip once (then cached)…\n")
         err.flush()
-    return load_clip(params)
+    return load_video(source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -833,17 +869,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: list[Scenario] = args.scenario or [Scenario(args.publishers, args.subscribers)]
     if args.duration <= 0 or args.processes < 1:
         _parser().error("--duration and --processes must be positive")
-    if args.pc_per_stream and args.simulcast:
+    if args.pc_per_stream and (args.simulcast or args.vp9_svc):
         _parser().error("--pc-per-stream sends plain VP8: WHEP viewers have no layer caps")
+    if args.simulcast and args.vp9_svc:
+        _parser().error("--simulcast and --vp9-svc are two ways of sending layers: pick one")
     if args.server and (args.socket_per_transport or args.count_syscalls):
         _parser().error("--socket-per-transport and --count-syscalls need a spawned server")
+    sources: tuple[VideoSource, ...] = (ClipParameters(bitrate=args.bitrate * 1000),)
+    if args.simulcast:
+        sources = SIMULCAST_CLIPS
+    elif args.vp9_svc:
+        sources = (Vp9Capture(str(VP9_SVC_CAPTURE)),)
+    try:
+        clips = [_clip(source, sys.stderr) for source in sources]
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"benchmark failed: no video clip: {exc}\n")
+        return 1
     options = Options(
         duration=args.duration,
         warmup=args.warmup,
         processes=args.processes,
         audio=args.audio,
-        clips=SIMULCAST_CLIPS if args.simulcast else (ClipParameters(bitrate=args.bitrate * 1000),),
+        clips=sources,
         ice_address=args.ice_address,
+        spatial_layers=len(clips) if len(clips) > 1 else clips[0].spatial_layers,
         transport_cc=args.transport_cc,
         pc_per_stream=args.pc_per_stream,
     )
@@ -856,7 +905,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "sfu.bench", *args_list])
     progress = _Progress(sys.stderr)
     try:
-        clips = [_clip(params, sys.stderr) for params in options.clips]
         with contextlib.ExitStack() as stack:
             if args.server:
                 server = _Server(args.server.rstrip("/"), args.server_pid)
@@ -892,11 +940,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": command,
             "clips": [
                 {
-                    **asdict(params),
+                    **asdict(source),
+                    "codec": clip.codec,
+                    "spatial_layers": clip.spatial_layers,
+                    "loop_seconds": clip.duration,
                     "packets_per_second": clip.packets_per_second,
                     "megabits_per_second": clip.bits_per_second / 1e6,
                 }
-                for params, clip in zip(options.clips, clips, strict=True)
+                for source, clip in zip(options.clips, clips, strict=True)
             ],
             "results": [asdict(r) for r in results],
         }
