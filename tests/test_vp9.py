@@ -1,8 +1,9 @@
 """The VP9 payload descriptor (RFC 9628 section 4.2) over bytes: golden packets from a
-real Chromium 156 publisher (``tests/fixtures/vp9/``: ``scalabilityMode`` L3T3_KEY,
-which at 640x480 Chromium sends as two spatial layers, 320x240 and 640x480, in
-flexible mode, and L1T3), hand-built non-flexible descriptors with a group of frames,
-and truncated or random input, which is rejected and never read past its end."""
+real Chromium 156 publisher (``scalabilityMode`` L3T3_KEY, which at 640x480 Chromium
+sends as two spatial layers, 320x240 and 640x480, in flexible mode: in
+``sfu/bench/captures/``, the benchmark's VP9 clip; and L1T3 in ``tests/fixtures/vp9/``),
+hand-built non-flexible descriptors with a group of frames, and truncated or random
+input, which is rejected and never read past its end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sfu.bench.media import VP9_SVC_CAPTURE
 from sfu.producer import Producer
 from sfu.rtp.packet import build_rtp_packet
 from sfu.rtp.vp9 import (
@@ -44,7 +46,9 @@ def golden(name: str) -> list[dict[str, int | bytes]]:
     """Captured packets: sequence number, timestamp, marker, payload size and the
     payload's first 32 bytes (the descriptor and the start of the VP9 frame)."""
     rows = []
-    for line in (FIXTURES / name).read_text().splitlines():
+    # The L3T3_KEY capture is the benchmark's VP9 clip too, so it ships in sfu/bench.
+    path = VP9_SVC_CAPTURE if name == VP9_SVC_CAPTURE.name else FIXTURES / name
+    for line in path.read_text().splitlines():
         row = json.loads(line)
         row["head"] = bytes.fromhex(row["head"])
         rows.append(row)

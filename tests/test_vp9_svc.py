@@ -1,6 +1,6 @@
 """VP9 SVC forwarding without sockets: a real Producer, Router and SvcConsumer fed the
 golden packets of a Chromium L3T3_KEY publisher (two spatial layers at 640x480, three
-temporal layers, flexible mode; ``tests/fixtures/vp9/``).
+temporal layers, flexible mode; ``sfu/bench/captures/``).
 
 Per consumer the spatial and temporal layers above its targets are dropped with no
 sequence-number gap, the marker moves to the last packet of the highest forwarded

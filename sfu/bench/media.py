@@ -59,9 +59,7 @@ _FRESH_NOISE_SHARE = 10
 """The band of fresh noise covers the top 1/10 of the rows (48 at 480), so smaller
 layers need proportionally fewer bits."""
 _SEED = 20240601
-VP9_SVC_CAPTURE = (
-    Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "vp9" / "chromium-l3t3-key.jsonl"
-)
+VP9_SVC_CAPTURE = Path(__file__).resolve().parent / "captures" / "chromium-l3t3-key.jsonl"
 """Chromium 156 publishing VP9 with ``scalabilityMode`` ``L3T3_KEY`` from a 640x480
 camera, which it sends as two spatial layers (320x240, 640x480) and three temporal
 layers in flexible mode: 300 packets, 99 pictures, 4.9 s of video, key picture first.
