@@ -323,6 +323,9 @@ class Producer:
         self.dependency_descriptor: ReceivedDependencyDescriptor | None = None
         """The dependency descriptor of the packet being handed to the listener now (its
         consumers read it in :meth:`ProducerListener.on_rtp`); None: it carries none."""
+        self.vp9_layer_word = 0
+        """The :func:`~sfu.rtp.vp9.vp9_layers` word of the VP9 packet being handed to the
+        listener now, read once here for all its consumers (:mod:`sfu.svc_consumer`)."""
         self.padding_dropped = 0
         """Probes not forwarded: padding-only packets (media ones are counted as
         received) and RTX copies of packets already received."""
@@ -490,6 +493,7 @@ class Producer:
             stream.key_frames.key_frame_received()
         self._track_loss(stream, seq, now, key_frame)
         switch_point = key_frame and extended == stream.statistics.highest_sequence
+        self.vp9_layer_word = word
         listener.on_rtp(stream, data[1] & 0x80, seq, ts, payload, tid, switch_point, now)
 
     def _read_descriptor(self, stream: RtpStream, value: bytes) -> bool:

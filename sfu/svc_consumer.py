@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sfu.consumer import Consumer, SendRtp
-from sfu.rtp.vp9 import vp9_layers
 from sfu.vp9_layer_selector import ALL_LAYERS, Vp9LayerSelector
 from sfu.vp9_munger import Vp9Munger
 
@@ -60,7 +59,7 @@ class SvcConsumer(Consumer):
         if not self.active or self.paused:
             return
         selector = self._selector
-        marker = selector.select(vp9_layers(payload), marker_bit)
+        marker = selector.select(self.producer.vp9_layer_word, marker_bit)
         if marker < 0:
             self._munger.drop(seq)
             if tid > selector.temporal:
