@@ -39,7 +39,7 @@ from sfu.sdp import (
     SessionDescription,
     SsrcGroup,
 )
-from sfu.sdp.negotiation import TRANSPORT_CC_URI
+from sfu.sdp.negotiation import TRANSPORT_CC_URI, rejected_section
 
 if TYPE_CHECKING:
     from sfu.consumer import Consumer
@@ -92,18 +92,6 @@ def _default_codec(section: MediaSection, allow_h264: bool) -> Codec | None:
 def _accepted(codec: Codec) -> Codec:
     feedback = [fb for fb in codec.rtcp_feedback if fb in CODEC_POLICY.rtcp_feedback]
     return replace(codec, parameters=dict(codec.parameters), rtcp_feedback=feedback)
-
-
-def _rejected(section: MediaSection) -> MediaSection:
-    return MediaSection(
-        kind=section.kind,
-        port=0,
-        protocol=section.protocol,
-        formats=section.formats[:1],
-        mid=section.mid,
-        direction="inactive",
-        host="0.0.0.0",
-    )
 
 
 class ViewerSubscription:
@@ -161,7 +149,9 @@ class ViewerSubscription:
         if not lines:
             raise SdpError("the offer has no receivable audio or video m-line in its BUNDLE group")
         answer.media = [
-            _rejected(section) if line is None else self._answer_section(line, transport_cc, local)
+            rejected_section(section)
+            if line is None
+            else self._answer_section(line, transport_cc, local)
             for section, line, _ in accepted
         ]
         answer.bundle_groups = [[line.mid for line, _ in lines]]

@@ -9,9 +9,11 @@ opens it in dev mode only.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
@@ -55,7 +57,23 @@ def get_admin(request: Request) -> RoomAdmin:
 
 AdminDep = Annotated[RoomAdmin, Depends(get_admin)]
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+
+class _AdminRoute(APIRoute):
+    """A route whose :class:`ProtocolError` (from the room admin) is an HTTP error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ProtocolError as exc:
+                raise _http_error(exc) from exc
+
+        return handle
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], route_class=_AdminRoute)
 
 
 class MuteRequest(BaseModel):
@@ -94,87 +112,57 @@ def _http_error(exc: ProtocolError) -> HTTPException:
 
 @router.get("/rooms")
 async def list_rooms(admin: AdminDep) -> list[RoomSummary]:
-    try:
-        return await admin.list_rooms()
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.list_rooms()
 
 
 @router.get("/rooms/{room}/participants")
 async def list_participants(admin: AdminDep, room: str) -> list[Participant]:
-    try:
-        return await admin.list_participants(room)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.list_participants(room)
 
 
 @router.delete("/rooms/{room}/participants/{participant_id}", status_code=204)
 async def remove_participant(admin: AdminDep, room: str, participant_id: str) -> None:
-    try:
-        await admin.remove_participant(room, participant_id)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    await admin.remove_participant(room, participant_id)
 
 
 @router.post("/rooms/{room}/participants/{participant_id}/mute", status_code=204)
 async def mute_track(admin: AdminDep, room: str, participant_id: str, body: MuteRequest) -> None:
-    try:
-        await admin.mute_track(room, participant_id, body.track_id, body.muted)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    await admin.mute_track(room, participant_id, body.track_id, body.muted)
 
 
 @router.post("/rooms/{room}/recordings", status_code=201)
 async def start_recording(admin: AdminDep, room: str, body: StartRecordingRequest) -> RecordingInfo:
-    try:
-        return await admin.start_recording(room, body.track_id)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.start_recording(room, body.track_id)
 
 
 @router.get("/rooms/{room}/recordings")
 async def list_recordings(admin: AdminDep, room: str) -> list[RecordingInfo]:
-    try:
-        return await admin.list_recordings(room)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.list_recordings(room)
 
 
 @router.delete("/rooms/{room}/recordings/{recording_id}")
 async def stop_recording(admin: AdminDep, room: str, recording_id: str) -> RecordingInfo:
     """Stop one recording; it comes back with its finished files."""
-    try:
-        stopped = await admin.stop_recording(room, recording_id)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    stopped = await admin.stop_recording(room, recording_id)
     return stopped[0]
 
 
 @router.delete("/rooms/{room}/recordings")
 async def stop_recordings(admin: AdminDep, room: str) -> list[RecordingInfo]:
     """Stop every recording of the room."""
-    try:
-        return await admin.stop_recording(room, None)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.stop_recording(room, None)
 
 
 @router.get("/workers")
 async def list_workers(admin: AdminDep) -> list[WorkerInfo]:
     if not isinstance(admin, ClusterAdmin):
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, "not a cluster node")
-    try:
-        return await admin.workers()
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    return await admin.workers()
 
 
 @router.post("/workers/{worker_id}/drain", status_code=202)
 async def drain_worker(admin: AdminDep, worker_id: str, body: DrainRequest) -> dict[str, Any]:
     if not isinstance(admin, ClusterAdmin):
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, "not a cluster node")
-    try:
-        await admin.drain_worker(worker_id, body.timeout)
-    except ProtocolError as exc:
-        raise _http_error(exc) from exc
+    await admin.drain_worker(worker_id, body.timeout)
     return {"worker_id": worker_id, "draining": True}

@@ -363,7 +363,8 @@ def _offered_send_rids(media: MediaSection) -> list[list[str]]:
     return [stream for stream in streams if stream]
 
 
-def _rejected_section(media: MediaSection) -> MediaSection:
+def rejected_section(media: MediaSection) -> MediaSection:
+    """``media`` refused: port 0, inactive, its first format kept (RFC 3264 section 6)."""
     return MediaSection(
         kind=media.kind,
         port=0,
@@ -431,7 +432,7 @@ def _answer_application(
         and DATA_CHANNEL_FORMAT in offered.formats
         and offered.mid is not None
     ):
-        return _rejected_section(offered)
+        return rejected_section(offered)
     answer = MediaSection(
         kind="application",
         port=9,
@@ -482,7 +483,7 @@ def _answer_media(
     )
     codecs = _answer_codecs(offered, allow_h264) if acceptable else []
     if not codecs or offered.mid is None:
-        return _rejected_section(offered), None
+        return rejected_section(offered), None
     extensions = _answer_header_extensions(offered, codecs[0])
     # RED first: libwebrtc sends RED only when it precedes its primary codec in the
     # answer (Chrome offers it after Opus, and sends plain Opus to such an answer).
